@@ -1,0 +1,1 @@
+"""Student models (TEE region feature extractor, MiniVLM fusion transformer)."""

@@ -1,0 +1,498 @@
+"""The labeling job: teachers caption and tag an image collection into Parquet.
+
+    python -m pipelines.pseudo_label --runner DirectRunner --captioner tiny --tagger tiny --output OUT
+
+Flow: input -> ImageRefs -> first row per image_id -> read + decode (failures split off)
+-> RunInference(captioner), RunInference(tagger) -> join by image_id -> labels row or
+failures row -> Parquet. Every distinct input image ends as exactly one row of
+OUTPUT/labels or OUTPUT/failures; OUTPUT/run.json records what ran and the counts.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+
+from pipelines import images, progress, sinks, sources, storage
+from pipelines.handlers import HandlerOptions, TeacherHandler, TeacherResult
+from schemas import FAILURES, LABELS, count_rows, failure_row, labels_row, read_table
+
+log = logging.getLogger("pseudo_label")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_INPUT = os.path.join(REPO_ROOT, "data", "sample", "images.csv")
+NAMESPACE = "pseudo_label"
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """Bad flags or unusable inputs: one line, exit code 2, before any work starts."""
+
+
+@dataclass(frozen=True)
+class Teacher:
+    stage: str  # caption | tag
+    spec: str  # what workers load (hub ids pinned to a commit)
+    reference: str  # as the user gave it
+    provenance: str  # model id + revision, a path, or tiny-random/<family>
+    params: object  # CaptionParams | TagParams
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    source: sources.SourceSpec
+    output: str
+    captioner: Teacher | None
+    tagger: Teacher | None
+    handler: HandlerOptions
+    decode_size: int
+    max_pixels: int
+    read_retries: int
+    num_shards: int
+    compression: str
+    row_group_mb: int
+    vocab: tuple | None  # parsed on the launcher when the file is local
+
+    def teacher_params(self) -> dict:
+        out = {}
+        for t in (self.captioner, self.tagger):
+            if t is not None:
+                out[t.stage] = {"model": t.provenance, **t.params.to_dict()}
+        if self.tagger is not None and self.vocab is not None:
+            out["tag"]["vocab_size"] = len(self.vocab)
+            out["tag"]["vocab_sha256"] = hashlib.sha256(json.dumps(self.vocab).encode()).hexdigest()
+        return out
+
+
+# --------------------------------------------------------------------------- DoFns
+
+
+class ExpandInput(beam.DoFn):
+    """SourceSpec -> ImageRefs, streamed from the manifest or file listing."""
+
+    def __init__(self):
+        self.rows = beam.metrics.Metrics.counter(NAMESPACE, "input_rows")
+
+    def process(self, spec: sources.SourceSpec):
+        for ref in sources.iter_refs(spec):
+            self.rows.inc()
+            yield ref
+
+
+class FirstRowWins(beam.DoFn):
+    """(image_id, [refs]) -> the ref of the earliest input row; later ones are counted."""
+
+    def __init__(self):
+        self.distinct = beam.metrics.Metrics.counter(NAMESPACE, "distinct_images")
+        self.duplicates = beam.metrics.Metrics.counter(NAMESPACE, "duplicates")
+
+    def process(self, keyed):
+        _, refs = keyed
+        refs = list(refs)
+        self.distinct.inc()
+        if len(refs) > 1:
+            self.duplicates.inc(len(refs) - 1)
+        yield min(refs, key=lambda r: r.row)
+
+
+@dataclass
+class Decoded:
+    ref: sources.ImageRef
+    sha256: str
+    width: int
+    height: int
+
+
+class ReadAndDecode(beam.DoFn):
+    """ImageRef -> (Decoded meta, (image_id, pixels)) or a failures row on tag 'failed'."""
+
+    FAILED = "failed"
+
+    def __init__(self, decode_size: int, max_pixels: int, retries: int):
+        self.decode_size, self.max_pixels, self.retries = decode_size, max_pixels, retries
+
+    def process(self, ref: sources.ImageRef):
+        progress.bump("read")
+        yield self._read_decode(ref)
+
+    def _read_decode(self, ref: sources.ImageRef):
+        if ref.error:
+            return self._fail(ref, "manifest", "MalformedRow", ref.error)
+        try:
+            data = storage.read_bytes(ref.uri, retries=self.retries)
+        except Exception as e:
+            cause = e.__cause__ if isinstance(e, storage.PermanentReadError) and e.__cause__ else e
+            return self._fail(ref, "read", type(cause).__name__, str(cause) or repr(cause))
+        try:
+            img = images.decode_image(data, rotation=ref.rotation, max_pixels=self.max_pixels,
+                                      target_size=self.decode_size)
+        except images.ImageError as e:
+            return self._fail(ref, "decode", e.reason, str(e))
+        except Exception as e:  # a decoder bug must cost one image, not the job
+            return self._fail(ref, "decode", type(e).__name__, str(e))
+        return Decoded(ref, img.sha256, img.width, img.height), (ref.image_id, img.pixels)
+
+    @staticmethod
+    def _fail(ref, stage, error_type, message):
+        return beam.pvalue.TaggedOutput(ReadAndDecode.FAILED, failure_row(
+            image_id=ref.image_id, source_uri=ref.uri, stage=stage, error_type=error_type, message=message))
+
+
+def dead_letters_to_results(stage: str):
+    """RunInference's dead-letter output (batch, exception) -> one TeacherResult per image."""
+
+    def convert(failed):
+        batch, err = failed
+        for image_id, _ in batch:
+            yield TeacherResult(image_id, stage, error_type=type(err).__name__, message=str(err) or repr(err))
+
+    return convert
+
+
+class MakeRow(beam.DoFn):
+    """Joined (image_id, {meta, caption, tag}) -> one labels row or one failures row."""
+
+    FAILED = "failed"
+
+    def __init__(self, job: LabelJob):
+        self.captioner = job.captioner.provenance if job.captioner else None
+        self.tagger = job.tagger.provenance if job.tagger else None
+        self.params = job.teacher_params()
+
+    def process(self, joined):
+        image_id, parts = joined
+        metas = list(parts["meta"])
+        if metas:  # an image never decoded already has its failures row from ReadAndDecode
+            yield self._row(image_id, metas[0], parts)
+
+    def _row(self, image_id: str, meta: "Decoded", parts: dict):
+        ref = meta.ref
+        results: dict[str, TeacherResult | None] = {}
+        for stage, enabled in (("caption", self.captioner), ("tag", self.tagger)):
+            if enabled:
+                got = list(parts.get(stage, []))
+                results[stage] = got[0] if got else TeacherResult(
+                    image_id, stage, error_type="MissingOutput", message=f"the {stage} teacher produced no result")
+        for stage, res in results.items():
+            if not res.ok:
+                return self._fail(ref, stage, res.error_type, res.message)
+        captions = results["caption"].value if "caption" in results else []
+        tags = results["tag"].value if "tag" in results else []
+        if "caption" in results and not captions:
+            return self._fail(ref, "caption", "EmptyOutput", "the captioner returned no caption for this image")
+        if not captions and not tags:
+            return self._fail(ref, "tag", "EmptyOutput", "the tagger returned no tag above the threshold")
+        try:
+            row = LABELS.validate_row(labels_row(
+                image_id=image_id, source_uri=ref.uri, sha256=meta.sha256, width=meta.width, height=meta.height,
+                license=ref.license, author=ref.author, original_url=ref.original_url, captions=captions,
+                tags=tags, captioner=self.captioner, tagger=self.tagger, teacher_params=self.params))
+        except (ValueError, KeyError, TypeError) as e:
+            return self._fail(ref, "label", type(e).__name__, str(e))
+        return row
+
+    @staticmethod
+    def _fail(ref, stage, error_type, message):
+        return beam.pvalue.TaggedOutput(MakeRow.FAILED, failure_row(
+            image_id=ref.image_id, source_uri=ref.uri, stage=stage, error_type=error_type, message=message))
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def build(p: beam.Pipeline, job: LabelJob):
+    """Attach the labeling job to `p`; returns the (labels, failures) PCollections."""
+    refs = (
+        p
+        | "Input" >> beam.Create([job.source])
+        | "ExpandInput" >> beam.ParDo(ExpandInput())
+        | "KeyById" >> beam.Map(lambda r: (r.image_id, r))
+        # GroupByKey both dedupes and spreads the images over workers (a reshuffle).
+        | "GroupById" >> beam.GroupByKey()
+        | "FirstRowWins" >> beam.ParDo(FirstRowWins())
+    )
+    decoded = refs | "ReadAndDecode" >> beam.ParDo(
+        ReadAndDecode(job.decode_size, job.max_pixels, job.read_retries)
+    ).with_outputs(ReadAndDecode.FAILED, main="ok")
+    meta = decoded.ok | "Meta" >> beam.Map(lambda d: (d[0].ref.image_id, d[0]))
+    pixels = decoded.ok | "Pixels" >> beam.Map(lambda d: d[1])
+
+    branches = {"meta": meta}
+    for teacher in (job.captioner, job.tagger):
+        if teacher is None:
+            continue
+        handler = TeacherHandler(teacher.stage, teacher.spec, teacher.params, job.handler,
+                                 vocab=job.vocab if teacher.stage == "tag" else None)
+        name = teacher.stage.title()
+        main, dlq = pixels | f"{name}" >> RunInference(handler).with_exception_handling()
+        lost = dlq.failed_inferences | f"{name}DeadLetters" >> beam.FlatMap(dead_letters_to_results(teacher.stage))
+        branches[teacher.stage] = (
+            (main, lost)
+            | f"{name}Results" >> beam.Flatten()
+            | f"Key{name}" >> beam.Map(lambda r: (r.image_id, r))
+        )
+
+    rows = (
+        branches
+        | "JoinById" >> beam.CoGroupByKey()
+        | "MakeRow" >> beam.ParDo(MakeRow(job)).with_outputs(MakeRow.FAILED, main="labels")
+    )
+    labels = rows.labels | "CountLabeled" >> beam.ParDo(progress.CountProgress("labeled"))
+    failures = (
+        (decoded[ReadAndDecode.FAILED], rows[MakeRow.FAILED])
+        | "AllFailures" >> beam.Flatten()
+        | "CountFailed" >> beam.ParDo(progress.CountProgress("failed"))
+    )
+    sinks.write_table(labels, job.output, "labels", LABELS, num_shards=job.num_shards,
+                      codec=job.compression, row_group_mb=job.row_group_mb)
+    sinks.write_table(failures, job.output, "failures", FAILURES, num_shards=job.num_shards,
+                      codec=job.compression, row_group_mb=job.row_group_mb)
+    return labels, failures
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """App flags (dashes) are ours; everything else is a Beam pipeline option."""
+    from teachers import DEFAULT_CAPTIONER, DEFAULT_TAGGER, DEFAULT_VOCAB
+
+    ap = argparse.ArgumentParser(
+        prog="python -m pipelines.pseudo_label",
+        description="Label images with teacher captioner and tagger models into Parquet (Apache Beam).",
+        epilog="Unknown flags are Beam pipeline options, e.g. --runner DataflowRunner --project P "
+               "--region R --temp_location gs://B/tmp --setup_file ./setup.py.",
+    )
+    io_ = ap.add_argument_group("input and output")
+    io_.add_argument("--input", default=DEFAULT_INPUT,
+                     help="Open Images image CSV, a CSV/Parquet table with image_id,uri, or a glob/directory "
+                          "of images (local, gs://, s3://, http(s)://). Default: the bundled sample.")
+    io_.add_argument("--input-format", default="auto", choices=sources.KINDS)
+    io_.add_argument("--image-root", default=None,
+                     help="where Open Images CSV images live (default: the 'images' folder beside the CSV)")
+    io_.add_argument("--image-path-template", default=sources.DEFAULT_TEMPLATE,
+                     help="image path under --image-root from manifest columns; public bucket: {Subset}/{ImageID}.jpg")
+    io_.add_argument("--limit", type=int, default=None, help="label at most N input rows")
+    io_.add_argument("--output", required=True, help="output directory (local, gs://, s3://)")
+    io_.add_argument("--overwrite", action="store_true", help="replace a previous run in --output")
+    io_.add_argument("--num-shards", type=int, default=0, help="output files per table (0: runner decides)")
+    io_.add_argument("--row-group-mb", type=int, default=64, help="Parquet row group buffer size in MB")
+    io_.add_argument("--compression", default="zstd", choices=sinks.CODECS)
+
+    te = ap.add_argument_group("teachers")
+    te.add_argument("--captioner", default=DEFAULT_CAPTIONER,
+                    help="hub id[@revision], local dir, gs:// or s3:// dir, 'tiny' / 'tiny-git', or 'none'")
+    te.add_argument("--tagger", default=DEFAULT_TAGGER,
+                    help="hub id[@revision], local dir, gs:// or s3:// dir, 'tiny' / 'tiny-clip', or 'none'")
+    te.add_argument("--num-captions", type=int, default=3)
+    te.add_argument("--num-beams", type=int, default=5)
+    te.add_argument("--max-new-tokens", type=int, default=30)
+    te.add_argument("--caption-prompt", default=None, help="text prompt for conditional captioners")
+    te.add_argument("--tag-vocab", default=DEFAULT_VOCAB,
+                    help="LabelName,DisplayName CSV (Open Images class descriptions format)")
+    te.add_argument("--tag-threshold", type=float, default=0.1)
+    te.add_argument("--max-tags", type=int, default=10)
+    te.add_argument("--tag-prompt", default="a photo of a {}.")
+    te.add_argument("--trust-remote-code", action="store_true",
+                    help="allow model code from the hub (off by default: it runs arbitrary code)")
+    te.add_argument("--cache-dir", default=None, help="teacher cache (default $MINIVLM_CACHE or ~/.cache/minivlm)")
+
+    ru = ap.add_argument_group("inference")
+    ru.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ru.add_argument("--batch-size", type=int, default=8, help="images per teacher forward pass")
+    ru.add_argument("--large-model", action="store_true",
+                    help="share one copy of each teacher per worker machine across its processes (GPU workers)")
+    ru.add_argument("--model-copies", type=int, default=None,
+                    help="with --large-model: copies per machine, e.g. one per GPU")
+    ru.add_argument("--decode-size", type=int, default=512,
+                    help="decode images at about this shorter side (JPEG draft mode); teachers resize further")
+    ru.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
+                    help="reject images with more pixels than this, before decoding")
+    ru.add_argument("--read-retries", type=int, default=3, help="retries for transient read errors")
+    return ap.parse_known_args(argv)
+
+
+def _teacher(stage: str, spec: str, params, check: bool) -> Teacher | None:
+    from teachers import TeacherRef, describe
+
+    if spec.lower() == "none":
+        return None
+    kind = "captioner" if stage == "caption" else "tagger"
+    provenance = describe(TeacherRef(kind, spec), check=check)
+    pinned = provenance if "@" in provenance and not TeacherRef(kind, spec).is_local_dir else spec
+    return Teacher(stage=stage, spec=pinned, reference=spec, provenance=provenance, params=params)
+
+
+def make_job(args: argparse.Namespace, check_teachers: bool = True) -> LabelJob:
+    """Validate flags and inputs into a LabelJob; raises UsageError with one clear line."""
+    from teachers import CaptionParams, TagParams, TeacherUnavailable, load_vocab
+
+    try:
+        source = sources.SourceSpec(input=args.input, kind=args.input_format, image_root=args.image_root,
+                                    path_template=args.image_path_template, limit=args.limit)
+        sources.check(source)
+        for flag, value, low in (("--decode-size", args.decode_size, 16), ("--max-pixels", args.max_pixels, 1),
+                                 ("--read-retries", args.read_retries, 0), ("--batch-size", args.batch_size, 1)):
+            if value < low:
+                raise UsageError(f"{flag} must be >= {low}, not {value}")
+        if args.model_copies is not None and args.model_copies < 1:
+            raise UsageError(f"--model-copies must be >= 1, not {args.model_copies}")
+        caption_params = CaptionParams(num_captions=args.num_captions, num_beams=args.num_beams,
+                                       max_new_tokens=args.max_new_tokens, prompt=args.caption_prompt)
+        tag_params = TagParams(threshold=args.tag_threshold, max_tags=args.max_tags, prompt=args.tag_prompt,
+                               vocab=args.tag_vocab)
+        captioner = _teacher("caption", args.captioner, caption_params, check_teachers)
+        tagger = _teacher("tag", args.tagger, tag_params, check_teachers)
+        if captioner is None and tagger is None:
+            raise UsageError("--captioner none and --tagger none leave nothing to label")
+        vocab = None
+        if tagger is not None and not storage.is_remote(args.tag_vocab):
+            vocab = tuple(load_vocab(args.tag_vocab))
+        handler = HandlerOptions(batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir,
+                                 trust_remote_code=args.trust_remote_code, large_model=args.large_model,
+                                 model_copies=args.model_copies)
+        from teachers.common import DEVICES
+
+        if args.device not in DEVICES and not args.device.startswith("cuda:"):
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, not {args.device!r}")
+        job = LabelJob(source=source, output=args.output.rstrip("/"), captioner=captioner, tagger=tagger,
+                       handler=handler, decode_size=args.decode_size, max_pixels=args.max_pixels,
+                       read_retries=args.read_retries, num_shards=args.num_shards, compression=args.compression,
+                       row_group_mb=args.row_group_mb, vocab=vocab)
+        if job.num_shards < 0 or job.row_group_mb < 1:
+            raise UsageError("--num-shards must be >= 0 and --row-group-mb >= 1")
+        return job
+    except UsageError:
+        raise
+    except (ValueError, TeacherUnavailable, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+
+
+def _prepare_output(output: str, overwrite: bool) -> None:
+    previous = [p for p in ("run.json", "labels", "failures") if storage.exists(storage.join(output, p))]
+    if not previous:
+        return
+    if not overwrite:
+        raise UsageError(f"--output {output} already holds a run ({', '.join(previous)}); "
+                         "pass --overwrite to replace it or choose another --output")
+    for p in previous:
+        storage.remove(storage.join(output, p))
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("minivlm-distill", "apache-beam", "torch", "transformers", "pyarrow", "pillow", "fsspec"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _counter(result, name: str) -> int | None:
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name(name))["counters"]
+    except Exception:  # some runners cannot report metrics
+        return None
+    if not found:
+        return 0
+    return sum((c.committed if c.committed is not None else c.attempted) or 0 for c in found)
+
+
+def count_outputs(output: str) -> dict:
+    """Counts read back from the written files: what the run.json promises agrees with them."""
+    labeled = count_rows(storage.join(output, "labels"), LABELS)
+    failures = read_table(storage.join(output, "failures"), FAILURES, columns=["stage", "error_type"])
+    by_stage: dict[str, int] = {}
+    by_type: dict[str, int] = {}
+    for stage, etype in zip(failures.column("stage").to_pylist(), failures.column("error_type").to_pylist()):
+        by_stage[stage] = by_stage.get(stage, 0) + 1
+        by_type[etype] = by_type.get(etype, 0) + 1
+    return {"labeled": labeled, "failed": failures.num_rows, "failed_by_stage": by_stage,
+            "failed_by_error_type": by_type}
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, beam_args = parse_args(argv)
+    options = PipelineOptions(beam_args)
+    dry_run = bool(options.view_as(TestOptions).dry_run)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    try:
+        job = make_job(args)
+        if not dry_run:  # a dry run writes nothing and must not touch the (remote) output
+            _prepare_output(job.output, args.overwrite)
+    except UsageError as e:
+        print(f"pseudo_label: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    started = datetime.now(timezone.utc)
+    record = {
+        "job": "pseudo_label",
+        "status": "running",
+        "started_at": started.isoformat(),
+        "runner": runner,
+        "input": asdict(job.source),
+        "output": job.output,
+        "teachers": {
+            kind: (None if t is None else {"reference": t.reference, "model": t.provenance,
+                                           "params": t.params.to_dict()})
+            for kind, t in (("captioner", job.captioner), ("tagger", job.tagger))
+        },
+        "options": {k: v for k, v in vars(args).items()},
+        "pipeline_options": options.get_all_options(drop_default=True),
+        "versions": _versions(),
+        "host": platform.node(),
+    }
+    if not dry_run:
+        sinks.write_run_record(job.output, record)
+    t0 = time.monotonic()
+    p = beam.Pipeline(options=options)
+    build(p, job)
+    result = p.run()
+    result.wait_until_finish()
+    if dry_run:
+        print(f"pseudo_label: dry run: the {runner} job was built and not submitted", file=sys.stderr)
+        return 0
+
+    counts = count_outputs(job.output)
+    counts["input_rows"] = _counter(result, "input_rows")
+    counts["duplicates"] = _counter(result, "duplicates")
+    counts["distinct_images"] = _counter(result, "distinct_images")
+    accounted = counts["labeled"] + counts["failed"]
+    consistent = counts["distinct_images"] is None or counts["distinct_images"] == accounted
+    record.update(status="succeeded" if consistent else "inconsistent",
+                  finished_at=datetime.now(timezone.utc).isoformat(),
+                  wall_seconds=round(time.monotonic() - t0, 3), counts=counts)
+    sinks.write_run_record(job.output, record)
+    wall = max(time.monotonic() - t0, 1e-9)
+    print(f"pseudo_label: {counts['distinct_images']} images: {counts['labeled']} labeled, "
+          f"{counts['failed']} failed, {counts['duplicates']} duplicate rows skipped; "
+          f"{wall:.1f}s ({accounted / wall:.2f} images/s) -> {job.output}", file=sys.stderr)
+    if not consistent:
+        print(f"pseudo_label: error: {counts['distinct_images']} distinct images but {accounted} output rows",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

