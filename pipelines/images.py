@@ -82,8 +82,8 @@ def decode_image(
             # We apply our own pixel limit below; PIL's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise ImageError("DecompressionBomb", str(e)) from e
+    except Image.DecompressionBombError as e:  # PIL's own hard limit (2x its warning threshold)
+        raise ImageError("TooManyPixels", str(e)) from e
     except UnidentifiedImageError as e:
         head = data[:64].lstrip().lower()
         kind = "HTML page" if head.startswith((b"<!doctype html", b"<html")) else "not a recognised image format"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import apache_beam as beam
 from apache_beam.io.parquetio import WriteToParquet
 
 from pipelines import storage

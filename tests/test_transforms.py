@@ -1,0 +1,155 @@
+"""The job's transforms under Beam's TestPipeline, asserted with assert_that."""
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+import teachers
+from pipelines import labeling
+from pipelines import pseudo_label as pl
+from pipelines.handlers import HandlerOptions, TeacherHandler, TeacherResult
+from pipelines.sources import ImageRef, SourceSpec
+from tests import imagegen
+
+
+def _job(tmp_path, input_path, captioner="tiny", tagger="tiny", **over):
+    argv = ["--input", str(input_path), "--output", str(tmp_path / "out"), "--captioner", captioner,
+            "--tagger", tagger, "--num-captions", "2", "--num-beams", "2", "--max-new-tokens", "4", "--batch-size", "4"]
+    for k, v in over.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    args, _ = pl.parse_args(argv)
+    return pl.make_job(args)
+
+
+def test_first_row_wins_and_duplicates_are_dropped():
+    refs = [ImageRef("a", "/3", row=3), ImageRef("a", "/1", row=1), ImageRef("b", "/2", row=2),
+            ImageRef("a", "/9", row=9)]
+    with TestPipeline() as p:
+        out = (p | beam.Create(refs) | beam.Map(lambda r: (r.image_id, r)) | beam.GroupByKey()
+               | beam.ParDo(labeling.FirstRowWins()) | beam.Map(lambda r: (r.image_id, r.uri)))
+        assert_that(out, equal_to([("a", "/1"), ("b", "/2")]))
+
+
+def test_read_and_decode_splits_failures_by_stage(tmp_path):
+    (tmp_path / "good.jpg").write_bytes(imagegen.jpeg(80, 60))
+    (tmp_path / "trunc.jpg").write_bytes(imagegen.jpeg(200, 150)[:300])
+    (tmp_path / "page.jpg").write_bytes(b"<html><body>error</body></html>")
+    refs = [ImageRef("good", str(tmp_path / "good.jpg"), 1), ImageRef("trunc", str(tmp_path / "trunc.jpg"), 2),
+            ImageRef("page", str(tmp_path / "page.jpg"), 3), ImageRef("gone", str(tmp_path / "gone.jpg"), 4),
+            ImageRef("row:5", None, 5, error="manifest row 5 has no ImageID")]
+    with TestPipeline() as p:
+        res = p | beam.Create(refs) | beam.ParDo(labeling.ReadAndDecode(64, 10**8, 0)).with_outputs("failed", main="ok")
+        ok = res.ok | beam.Map(lambda d: (d[0].ref.image_id, d[0].width, d[0].height, d[1][1].shape[2]))
+        assert_that(ok, equal_to([("good", 80, 60, 3)]), label="ok")
+        failed = res.failed | beam.Map(lambda r: (r["image_id"], r["stage"], r["error_type"]))
+        assert_that(failed, equal_to([
+            ("trunc", "decode", "CorruptImage"), ("page", "decode", "NotAnImage"),
+            ("gone", "read", "FileNotFoundError"), ("row:5", "manifest", "MalformedRow"),
+        ]), label="failed")
+
+
+def _meta(image_id):
+    return labeling.Decoded(ImageRef(image_id, f"/{image_id}.jpg", 1, license="CC0"), "f" * 64, 10, 20)
+
+
+def test_make_row_gives_exactly_one_row_per_image(tmp_path):
+    job = _job(tmp_path, imagegen_dir(tmp_path))
+    cap = lambda i, v=None, err=None: TeacherResult(i, "caption", v or [], error_type=err, message=err)  # noqa: E731
+    tag = lambda i, v=None, err=None: TeacherResult(i, "tag", v or [], error_type=err, message=err)  # noqa: E731
+    good_caps = [{"text": "a thing", "score": -1.0}]
+    good_tags = [{"label": "l", "name": "n", "score": 0.5}]
+    joined = [
+        ("ok", {"meta": [_meta("ok")], "caption": [cap("ok", good_caps)], "tag": [tag("ok", good_tags)]}),
+        ("nocap", {"meta": [_meta("nocap")], "caption": [cap("nocap")], "tag": [tag("nocap", good_tags)]}),
+        ("notags", {"meta": [_meta("notags")], "caption": [cap("notags", good_caps)], "tag": [tag("notags")]}),
+        ("both", {"meta": [_meta("both")], "caption": [cap("both", err="RuntimeError")],
+                  "tag": [tag("both", err="ValueError")]}),
+        ("lost", {"meta": [_meta("lost")], "caption": [], "tag": [tag("lost", good_tags)]}),
+        ("undecoded", {"meta": [], "caption": [], "tag": []}),
+    ]
+    with TestPipeline() as p:
+        res = p | beam.Create(joined) | beam.ParDo(labeling.MakeRow(job)).with_outputs("failed", main="labels")
+        labels = res.labels | beam.Map(lambda r: (r["image_id"], len(r["captions"]), len(r["tags"]), r["license"]))
+        assert_that(labels, equal_to([("ok", 1, 1, "CC0"), ("notags", 1, 0, "CC0")]), label="labels")
+        failed = res.failed | beam.Map(lambda r: (r["image_id"], r["stage"], r["error_type"]))
+        assert_that(failed, equal_to([("nocap", "caption", "EmptyOutput"), ("both", "caption", "RuntimeError"),
+                                      ("lost", "caption", "MissingOutput")]), label="failed")
+
+
+def imagegen_dir(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir(exist_ok=True)
+    (d / "one.jpg").write_bytes(imagegen.jpeg(50, 40))
+    return d
+
+
+class FailsOnTinyImages:
+    """Wraps a real captioner; refuses images smaller than 8 px, as a buggy teacher might."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __call__(self, images):
+        if any(min(im.shape[:2]) < 8 for im in images):
+            raise RuntimeError("image too small for this teacher")
+        return self.real(images)
+
+
+def test_handler_isolates_a_failing_image_in_a_batch():
+    handler = TeacherHandler("caption", "tiny", teachers.CaptionParams(1, 1, 3), HandlerOptions(device="cpu"))
+    model = FailsOnTinyImages(handler.load_model())
+    batch = [("a", imagegen.gradient(32, 32)), ("b", np.zeros((4, 4, 3), np.uint8)), ("c", imagegen.gradient(20, 9))]
+    results = list(handler.run_inference(batch, model))
+    assert [r.image_id for r in results] == ["a", "b", "c"]
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error_type == "RuntimeError" and "too small" in results[1].message
+    assert handler.batch_elements_kwargs()["max_batch_size"] == 8
+
+
+def test_whole_job_in_test_pipeline(tmp_path):
+    d = imagegen_dir(tmp_path)
+    (d / "two.png").write_bytes(imagegen.cases()["rgba_png"])
+    (d / "bad.jpg").write_bytes(b"")
+    (d / "sub").mkdir()
+    (d / "sub" / "one.jpg").write_bytes(imagegen.jpeg(10, 10))  # duplicate id "one": first in sorted order wins
+    job = _job(tmp_path, d)
+    with TestPipeline() as p:
+        labels, failures = labeling.build(p, job)
+        assert_that(labels | "L" >> beam.Map(lambda r: (r["image_id"], r["width"], r["captioner"])),
+                    equal_to([("one", 50, "tiny-random/blip"), ("two", 40, "tiny-random/blip")]), label="labels")
+        assert_that(failures | "F" >> beam.Map(lambda r: (r["image_id"], r["error_type"])),
+                    equal_to([("bad", "EmptyFile")]), label="failures")
+    counts = pl.count_outputs(job.output)
+    assert (counts["labeled"], counts["failed"]) == (2, 1)
+
+
+def test_tagger_only_job_with_empty_tags_fails_those_images(tmp_path):
+    job = _job(tmp_path, imagegen_dir(tmp_path), captioner="none", tag_threshold=1.0)
+    assert job.captioner is None
+    with TestPipeline() as p:
+        labels, failures = labeling.build(p, job)
+        assert_that(labels, equal_to([]), label="labels")
+        assert_that(failures | beam.Map(lambda r: (r["image_id"], r["stage"], r["error_type"])),
+                    equal_to([("one", "tag", "EmptyOutput")]), label="failures")
+
+
+@pytest.mark.parametrize("flags,match", [
+    (dict(num_captions=9), "cannot exceed"),
+    (dict(batch_size=0), "batch-size"),
+    (dict(device="tpu"), "--device"),
+    (dict(tag_vocab="/no/such/vocab.csv"), "vocab"),
+])
+def test_make_job_turns_bad_flags_into_usage_errors(tmp_path, flags, match):
+    with pytest.raises(pl.UsageError, match=match):
+        _job(tmp_path, imagegen_dir(tmp_path), **flags)
+
+
+def test_both_teachers_off_is_a_usage_error(tmp_path):
+    with pytest.raises(pl.UsageError, match="nothing to label"):
+        _job(tmp_path, imagegen_dir(tmp_path), captioner="none", tagger="none")
+
+
+def test_source_spec_is_carried_into_the_job(tmp_path):
+    job = _job(tmp_path, imagegen_dir(tmp_path), limit=1)
+    assert job.source == SourceSpec(str(imagegen_dir(tmp_path)), limit=1)
