@@ -70,6 +70,14 @@ class ExpandInput(beam.DoFn):
             yield ref
 
 
+FAILED = "failed"  # tag of the failures output of ReadAndDecode and MakeRow
+
+
+def _failed(ref: sources.ImageRef, stage: str, error_type: str, message: str) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(FAILED, failure_row(
+        image_id=ref.image_id, source_uri=ref.uri, stage=stage, error_type=error_type, message=message))
+
+
 class FirstRowWins(beam.DoFn):
     """(image_id, [refs]) -> the ref of the earliest input row; later ones are counted."""
 
@@ -97,8 +105,6 @@ class Decoded:
 class ReadAndDecode(beam.DoFn):
     """ImageRef -> (Decoded meta, (image_id, pixels)) or a failures row on tag 'failed'."""
 
-    FAILED = "failed"
-
     def __init__(self, decode_size: int, max_pixels: int, retries: int):
         self.decode_size, self.max_pixels, self.retries = decode_size, max_pixels, retries
 
@@ -108,25 +114,21 @@ class ReadAndDecode(beam.DoFn):
 
     def _read_decode(self, ref: sources.ImageRef):
         if ref.error:
-            return self._fail(ref, "manifest", "MalformedRow", ref.error)
+            return _failed(ref, "manifest", "MalformedRow", ref.error)
         try:
             data = storage.read_bytes(ref.uri, retries=self.retries)
         except Exception as e:
             cause = e.__cause__ if isinstance(e, storage.PermanentReadError) and e.__cause__ else e
-            return self._fail(ref, "read", type(cause).__name__, str(cause) or repr(cause))
+            return _failed(ref, "read", type(cause).__name__, str(cause) or repr(cause))
         try:
             img = images.decode_image(data, rotation=ref.rotation, max_pixels=self.max_pixels,
                                       target_size=self.decode_size)
         except images.ImageError as e:
-            return self._fail(ref, "decode", e.reason, str(e))
+            return _failed(ref, "decode", e.reason, str(e))
         except Exception as e:  # a decoder bug must cost one image, not the job
-            return self._fail(ref, "decode", type(e).__name__, str(e))
+            return _failed(ref, "decode", type(e).__name__, str(e))
         return Decoded(ref, img.sha256, img.width, img.height), (ref.image_id, img.pixels)
 
-    @staticmethod
-    def _fail(ref, stage, error_type, message):
-        return beam.pvalue.TaggedOutput(ReadAndDecode.FAILED, failure_row(
-            image_id=ref.image_id, source_uri=ref.uri, stage=stage, error_type=error_type, message=message))
 
 
 def dead_letters_to_results(stage: str):
@@ -142,8 +144,6 @@ def dead_letters_to_results(stage: str):
 
 class MakeRow(beam.DoFn):
     """Joined (image_id, {meta, caption, tag}) -> one labels row or one failures row."""
-
-    FAILED = "failed"
 
     def __init__(self, job: LabelJob):
         self.captioner = job.captioner.provenance if job.captioner else None
@@ -166,26 +166,22 @@ class MakeRow(beam.DoFn):
                     image_id, stage, error_type="MissingOutput", message=f"the {stage} teacher produced no result")
         for stage, res in results.items():
             if not res.ok:
-                return self._fail(ref, stage, res.error_type, res.message)
+                return _failed(ref, stage, res.error_type, res.message)
         captions = results["caption"].value if "caption" in results else []
         tags = results["tag"].value if "tag" in results else []
         if "caption" in results and not captions:
-            return self._fail(ref, "caption", "EmptyOutput", "the captioner returned no caption for this image")
+            return _failed(ref, "caption", "EmptyOutput", "the captioner returned no caption for this image")
         if not captions and not tags:
-            return self._fail(ref, "tag", "EmptyOutput", "the tagger returned no tag above the threshold")
+            return _failed(ref, "tag", "EmptyOutput", "the tagger returned no tag above the threshold")
         try:
             row = LABELS.validate_row(labels_row(
                 image_id=image_id, source_uri=ref.uri, sha256=meta.sha256, width=meta.width, height=meta.height,
                 license=ref.license, author=ref.author, original_url=ref.original_url, captions=captions,
                 tags=tags, captioner=self.captioner, tagger=self.tagger, teacher_params=self.params))
         except (ValueError, KeyError, TypeError) as e:
-            return self._fail(ref, "label", type(e).__name__, str(e))
+            return _failed(ref, "label", type(e).__name__, str(e))
         return row
 
-    @staticmethod
-    def _fail(ref, stage, error_type, message):
-        return beam.pvalue.TaggedOutput(MakeRow.FAILED, failure_row(
-            image_id=ref.image_id, source_uri=ref.uri, stage=stage, error_type=error_type, message=message))
 
 
 def build(p: beam.Pipeline, job: LabelJob):
@@ -201,7 +197,7 @@ def build(p: beam.Pipeline, job: LabelJob):
     )
     decoded = refs | "ReadAndDecode" >> beam.ParDo(
         ReadAndDecode(job.decode_size, job.max_pixels, job.read_retries)
-    ).with_outputs(ReadAndDecode.FAILED, main="ok")
+    ).with_outputs(FAILED, main="ok")
     meta = decoded.ok | "Meta" >> beam.Map(lambda d: (d[0].ref.image_id, d[0]))
     pixels = decoded.ok | "Pixels" >> beam.Map(lambda d: d[1])
 
@@ -223,11 +219,11 @@ def build(p: beam.Pipeline, job: LabelJob):
     rows = (
         branches
         | "JoinById" >> beam.CoGroupByKey()
-        | "MakeRow" >> beam.ParDo(MakeRow(job)).with_outputs(MakeRow.FAILED, main="labels")
+        | "MakeRow" >> beam.ParDo(MakeRow(job)).with_outputs(FAILED, main="labels")
     )
     labels = rows.labels | "CountLabeled" >> beam.ParDo(progress.CountProgress("labeled"))
     failures = (
-        (decoded[ReadAndDecode.FAILED], rows[MakeRow.FAILED])
+        (decoded[FAILED], rows[FAILED])
         | "AllFailures" >> beam.Flatten()
         | "CountFailed" >> beam.ParDo(progress.CountProgress("failed"))
     )

@@ -108,17 +108,20 @@ def _teacher(stage: str, spec: str, params, check: bool) -> Teacher | None:
 def make_job(args: argparse.Namespace, check_teachers: bool = True) -> LabelJob:
     """Validate flags and inputs into a LabelJob; raises UsageError with one clear line."""
     from teachers import CaptionParams, TagParams, TeacherUnavailable, load_vocab
+    from teachers.common import DEVICES
 
     try:
         source = sources.SourceSpec(input=args.input, kind=args.input_format, image_root=args.image_root,
                                     path_template=args.image_path_template, limit=args.limit)
         sources.check(source)
         for flag, value, low in (("--decode-size", args.decode_size, 16), ("--max-pixels", args.max_pixels, 1),
-                                 ("--read-retries", args.read_retries, 0), ("--batch-size", args.batch_size, 1)):
+                                 ("--read-retries", args.read_retries, 0), ("--batch-size", args.batch_size, 1),
+                                 ("--model-copies", args.model_copies or 1, 1), ("--num-shards", args.num_shards, 0),
+                                 ("--row-group-mb", args.row_group_mb, 1)):
             if value < low:
                 raise UsageError(f"{flag} must be >= {low}, not {value}")
-        if args.model_copies is not None and args.model_copies < 1:
-            raise UsageError(f"--model-copies must be >= 1, not {args.model_copies}")
+        if args.device not in DEVICES and not args.device.startswith("cuda:"):
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, not {args.device!r}")
         caption_params = CaptionParams(num_captions=args.num_captions, num_beams=args.num_beams,
                                        max_new_tokens=args.max_new_tokens, prompt=args.caption_prompt)
         tag_params = TagParams(threshold=args.tag_threshold, max_tags=args.max_tags, prompt=args.tag_prompt,
@@ -133,17 +136,10 @@ def make_job(args: argparse.Namespace, check_teachers: bool = True) -> LabelJob:
         handler = HandlerOptions(batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir,
                                  trust_remote_code=args.trust_remote_code, large_model=args.large_model,
                                  model_copies=args.model_copies)
-        from teachers.common import DEVICES
-
-        if args.device not in DEVICES and not args.device.startswith("cuda:"):
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, not {args.device!r}")
-        job = LabelJob(source=source, output=args.output.rstrip("/"), captioner=captioner, tagger=tagger,
-                       handler=handler, decode_size=args.decode_size, max_pixels=args.max_pixels,
+        return LabelJob(source=source, output=args.output.rstrip("/"), captioner=captioner, tagger=tagger,
+                        handler=handler, decode_size=args.decode_size, max_pixels=args.max_pixels,
                        read_retries=args.read_retries, num_shards=args.num_shards, compression=args.compression,
                        row_group_mb=args.row_group_mb, vocab=vocab)
-        if job.num_shards < 0 or job.row_group_mb < 1:
-            raise UsageError("--num-shards must be >= 0 and --row-group-mb >= 1")
-        return job
     except UsageError:
         raise
     except (ValueError, TeacherUnavailable, FileNotFoundError) as e:

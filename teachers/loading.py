@@ -68,14 +68,10 @@ def describe(ref: TeacherRef, *, check: bool = True) -> str:
     if ref.is_remote_dir:
         return ref.spec
     if ref.is_local_dir:
-        path = os.path.abspath(os.path.expanduser(ref.spec))
-        if check and not os.path.isfile(os.path.join(path, "config.json")):
-            raise TeacherUnavailable(f"{ref.kind} directory {path} has no config.json; {_offline_hint(ref.kind)}")
-        return path
-    repo, revision = ref.hub
+        return _local_dir(ref) if check else os.path.abspath(os.path.expanduser(ref.spec))
     if not check:
         return ref.spec
-    return f"{repo}@{_pin_hub_revision(ref)}"
+    return f"{ref.hub[0]}@{_pin_hub_revision(ref)}"
 
 
 def _pin_hub_revision(ref: TeacherRef) -> str:
@@ -105,11 +101,15 @@ def resolve(ref: TeacherRef, cache_dir: str | None = None) -> str:
         key = hashlib.sha256(ref.spec.encode()).hexdigest()[:16]
         return _cached_build(os.path.join(cache_dir, "remote", key), lambda out: _copy_remote_dir(ref.spec, out))
     if ref.is_local_dir:
-        path = os.path.abspath(os.path.expanduser(ref.spec))
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise TeacherUnavailable(f"{ref.kind} directory {path} has no config.json; {_offline_hint(ref.kind)}")
-        return path
+        return _local_dir(ref)
     return _hub_snapshot(ref)
+
+
+def _local_dir(ref: TeacherRef) -> str:
+    path = os.path.abspath(os.path.expanduser(ref.spec))
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise TeacherUnavailable(f"{ref.kind} directory {path} has no config.json; {_offline_hint(ref.kind)}")
+    return path
 
 
 def _cached_build(final: str, build) -> str:

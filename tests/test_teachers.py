@@ -108,3 +108,33 @@ def test_tag_params_are_validated():
         TagParams(threshold=1.5)
     with pytest.raises(ValueError, match="tag-prompt"):
         TagParams(prompt="no placeholder")
+
+
+def test_remote_directory_is_copied_then_loaded(tmp_path):
+    import fsspec
+
+    from teachers import loading
+
+    local = teachers.resolve(TeacherRef("tagger", "tiny"), cache_dir=str(tmp_path / "build"))
+    mem = fsspec.filesystem("memory")
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json",
+                 "tokenizer_config.json"):
+        mem.pipe(f"/models/siglip/{name}", open(f"{local}/{name}", "rb").read())
+    mem.pipe("/models/siglip/pytorch_model.bin", b"pickled weights are never fetched")
+    out = tmp_path / "copy"
+    loading._copy_remote_dir("memory://models/siglip", str(out))
+    assert (out / "model.safetensors").exists() and not (out / "pytorch_model.bin").exists()
+    tagger = teachers.load_tagger(str(out), TagParams(threshold=0.0, max_tags=2), device="cpu")
+    assert len(tagger(IMAGES[:1])[0]) == 2
+
+
+def test_pickled_weights_alone_are_refused(tmp_path):
+    import shutil
+
+    src = teachers.resolve(TeacherRef("captioner", "tiny"), cache_dir=str(tmp_path / "build"))
+    unsafe = tmp_path / "unsafe"
+    shutil.copytree(src, unsafe)
+    (unsafe / "model.safetensors").unlink()
+    (unsafe / "pytorch_model.bin").write_bytes(b"not loaded: could run code")
+    with pytest.raises(TeacherUnavailable, match="cannot load captioner"):
+        teachers.load_captioner(str(unsafe), CaptionParams(1, 1, 3), device="cpu")
