@@ -192,6 +192,15 @@ def count_outputs(output: str) -> dict:
             "failed_by_error_type": by_type}
 
 
+def _root_message(err: BaseException) -> str:
+    """The innermost cause of a runner error, on one line (runners wrap it several times)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[-1] if lines else repr(err)
+    return f"{type(err).__name__}: {text}"[:1000]
+
+
 def run(argv: list[str] | None = None) -> int:
     args, beam_args = parse_args(argv)
     options = PipelineOptions(beam_args)
@@ -228,8 +237,16 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     p = beam.Pipeline(options=options)
     build(p, job)
-    result = p.run()
-    result.wait_until_finish()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:  # the job itself failed (e.g. a remote manifest that is unreadable)
+        reason = _root_message(e)
+        if not dry_run:
+            record.update(status="failed", finished_at=datetime.now(timezone.utc).isoformat(), error=reason)
+            sinks.write_run_record(job.output, record)
+        print(f"pseudo_label: error: the job failed: {reason}", file=sys.stderr)
+        return 1
     if dry_run:
         print(f"pseudo_label: dry run: the {runner} job was built and not submitted", file=sys.stderr)
         return 0

@@ -187,3 +187,17 @@ def test_dataflow_dry_run_translates_offline(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dry run" in proc.stderr
+
+
+def test_unreachable_remote_manifest_fails_the_job_with_a_record(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cli(*TINY, "--input", f"http://127.0.0.1:{port}/images.csv", "--read-retries", "0",
+                   "--output", tmp_path / "out")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("pseudo_label: error: the job failed:")
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["status"] == "failed" and run["error"]
