@@ -22,6 +22,8 @@ from pipelines.handlers import HandlerOptions, TeacherHandler, TeacherResult
 from schemas import FAILURES, LABELS, failure_row, labels_row
 
 NAMESPACE = "pseudo_label"  # Beam metrics namespace of the job's counters
+FAILED = "failed"  # tag of the failures output of ReadAndDecode and MakeRow
+
 
 @dataclass(frozen=True)
 class Teacher:
@@ -68,9 +70,6 @@ class ExpandInput(beam.DoFn):
         for ref in sources.iter_refs(spec):
             self.rows.inc()
             yield ref
-
-
-FAILED = "failed"  # tag of the failures output of ReadAndDecode and MakeRow
 
 
 def _failed(ref: sources.ImageRef, stage: str, error_type: str, message: str) -> beam.pvalue.TaggedOutput:

@@ -227,7 +227,7 @@ def run(argv: list[str] | None = None) -> int:
                                            "params": t.params.to_dict()})
             for kind, t in (("captioner", job.captioner), ("tagger", job.tagger))
         },
-        "options": {k: v for k, v in vars(args).items()},
+        "options": dict(vars(args)),
         "pipeline_options": options.get_all_options(drop_default=True),
         "versions": _versions(),
         "host": platform.node(),

@@ -95,7 +95,7 @@ def resolve(ref: TeacherRef, cache_dir: str | None = None) -> str:
     """Return a local directory holding the teacher, fetching or building it if needed."""
     cache_dir = cache_dir or default_cache_dir()
     if ref.tiny:
-        return _cached_build(os.path.join(cache_dir, "tiny", f"{ref.kind}-{ref.tiny}"),
+        return _cached_build(os.path.join(cache_dir, f"tiny-v{registry.TINY_VERSION}", f"{ref.kind}-{ref.tiny}"),
                              lambda out: registry.build_tiny(ref.kind, ref.tiny, out))
     if ref.is_remote_dir:
         key = hashlib.sha256(ref.spec.encode()).hexdigest()[:16]

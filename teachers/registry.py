@@ -15,6 +15,9 @@ KINDS = ("captioner", "tagger")
 _TINY: dict[str, dict[str, Callable[[str], None]]] = {kind: {} for kind in KINDS}
 DEFAULT_TINY = {"captioner": "blip", "tagger": "siglip"}
 TINY_IMAGE_SIZE = 32
+# Part of the cache path of built tiny teachers: bump it whenever a builder changes,
+# so no machine keeps loading a stale build.
+TINY_VERSION = 1
 
 
 def register_tiny(kind: str, family: str):
@@ -78,39 +81,46 @@ def _vision() -> dict:
     return _small(image_size=TINY_IMAGE_SIZE, patch_size=8)
 
 
+def _text_tower(tok) -> dict:
+    return _small(vocab_size=len(tok), max_position_embeddings=64, bos_token_id=tok.cls_token_id,
+                  eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+
+
+def _square() -> dict:
+    return {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+
+
+def _clip_image_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size=_square())
+
+
+def _save(out_dir: str, model, processor) -> None:
+    processor.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+
+
 @register_tiny("captioner", "blip")
 def _tiny_blip(out_dir: str) -> None:
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     tok = _bert_tokenizer(bos_token="[DEC]")
-    text = _small(vocab_size=len(tok), max_position_embeddings=64, bos_token_id=tok.bos_token_id,
-                  sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id)
+    # BLIP decodes from [DEC] and stops at [SEP].
+    text = {**_text_tower(tok), "bos_token_id": tok.bos_token_id, "sep_token_id": tok.sep_token_id}
     with _seeded():
         model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=_vision(), projection_dim=32))
-    size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-    BlipProcessor(image_processor=BlipImageProcessor(size=size), tokenizer=tok).save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
+    _save(out_dir, model, BlipProcessor(image_processor=BlipImageProcessor(size=_square()), tokenizer=tok))
 
 
 @register_tiny("captioner", "git")
 def _tiny_git(out_dir: str) -> None:
-    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+    from transformers import GitConfig, GitForCausalLM, GitProcessor
 
     tok = _bert_tokenizer()
-    cfg = GitConfig(vision_config=_vision(), vocab_size=len(tok), max_position_embeddings=64,
-                    bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
-                    **_small())
     with _seeded():
-        model = GitForCausalLM(cfg)
-    ip = CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE_SIZE},
-                            crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
-    GitProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
-
-
-def _text_tower(tok) -> dict:
-    return _small(vocab_size=len(tok), max_position_embeddings=64, bos_token_id=tok.cls_token_id,
-                  eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+        model = GitForCausalLM(GitConfig(vision_config=_vision(), **_text_tower(tok)))
+    _save(out_dir, model, GitProcessor(image_processor=_clip_image_processor(), tokenizer=tok))
 
 
 @register_tiny("tagger", "siglip")
@@ -124,19 +134,14 @@ def _tiny_siglip(out_dir: str) -> None:
         with torch.no_grad():
             # Real SigLIP learns bias ~ -10; at random init that would put every tag at ~0.
             model.logit_bias.zero_()
-    size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
-    SiglipProcessor(image_processor=SiglipImageProcessor(size=size), tokenizer=tok).save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
+    _save(out_dir, model, SiglipProcessor(image_processor=SiglipImageProcessor(size=_square()), tokenizer=tok))
 
 
 @register_tiny("tagger", "clip")
 def _tiny_clip(out_dir: str) -> None:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
     tok = _bert_tokenizer()
     with _seeded():
         model = CLIPModel(CLIPConfig(text_config=_text_tower(tok), vision_config=_vision(), projection_dim=32))
-    ip = CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE_SIZE},
-                            crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
-    CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
+    _save(out_dir, model, CLIPProcessor(image_processor=_clip_image_processor(), tokenizer=tok))
