@@ -27,7 +27,6 @@ setup(
         "fsspec>=2024.6",
         "gcsfs>=2024.6",
         "s3fs>=2024.6",
-        "boto3",  # Beam's own S3 filesystem (the Parquet sinks writing to s3://)
         "pillow>=10.3",
         "numpy>=1.26",
         # Ships the real BERT uncased tokenizer (and a MiniLM checkpoint): used offline by

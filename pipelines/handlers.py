@@ -1,32 +1,39 @@
 """RunInference model handlers for the teachers.
 
-Elements are (image_id, pixels) pairs; results are TeacherResult, one per element, so a
-failure stays tied to its image. A batch that raises is retried one image at a time:
-one bad image costs its own row, not its 31 neighbours'.
+Elements are `Work` items: one decoded image with what the teachers have said so far.
+The captioner's handler fills `captions`, the tagger's fills `tags`; an item that
+already failed passes through untouched, so every image leaves the chain exactly once.
+A batch that raises is retried one image at a time: one bad image costs its own row,
+not its neighbours'.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
+from pipelines.sources import ImageRef
+
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TeacherResult:
-    image_id: str
-    stage: str  # caption | tag
-    value: list = field(default_factory=list)
-    error_type: str | None = None
-    message: str | None = None
+@dataclass(frozen=True)
+class Work:
+    ref: ImageRef
+    sha256: str
+    width: int  # full resolution, after orientation
+    height: int
+    pixels: np.ndarray | None  # (H, W, 3) uint8 for the teachers; dropped once they are done
+    captions: list | None = None
+    tags: list | None = None
+    failure: tuple[str, str, str] | None = None  # (stage, error_type, message)
 
     @property
-    def ok(self) -> bool:
-        return self.error_type is None
+    def image_id(self) -> str:
+        return self.ref.image_id
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,8 @@ class HandlerOptions:
     model_copies: int | None = None  # with large_model: copies per VM (e.g. one per GPU)
 
 
-class TeacherHandler(ModelHandler[tuple[str, np.ndarray], TeacherResult, Any]):
-    """Loads one teacher (captioner or tagger) and runs it on batches of images."""
+class TeacherHandler(ModelHandler[Work, Work, Any]):
+    """Loads one teacher (captioner or tagger) and runs it on batches of Work items."""
 
     def __init__(self, stage: str, spec: str, params, options: HandlerOptions, vocab=None):
         super().__init__()
@@ -50,6 +57,7 @@ class TeacherHandler(ModelHandler[tuple[str, np.ndarray], TeacherResult, Any]):
             raise ValueError(f"--batch-size must be >= 1, not {options.batch_size}")
         self.stage, self.spec, self.params, self.options = stage, spec, params, options
         self.vocab = vocab  # tagger only: (label, name) pairs parsed on the launcher, if local
+        self.field = "captions" if stage == "caption" else "tags"
 
     def load_model(self):
         from teachers import load_captioner, load_tagger
@@ -60,31 +68,36 @@ class TeacherHandler(ModelHandler[tuple[str, np.ndarray], TeacherResult, Any]):
             return load_captioner(self.spec, self.params, **common)
         return load_tagger(self.spec, self.params, vocab=self.vocab, **common)
 
-    def run_inference(self, batch: Sequence[tuple[str, np.ndarray]], model,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[TeacherResult]:
-        ids = [image_id for image_id, _ in batch]
+    def run_inference(self, batch: Sequence[Work], model,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[Work]:
+        todo = [i for i, w in enumerate(batch) if w.failure is None]
+        out = list(batch)
+        if not todo:
+            return out
         try:
-            outputs = model([pixels for _, pixels in batch])
-            if len(outputs) != len(batch):
-                raise RuntimeError(f"teacher returned {len(outputs)} results for {len(batch)} images")
-            return [TeacherResult(i, self.stage, list(out)) for i, out in zip(ids, outputs)]
+            results = model([batch[i].pixels for i in todo])
+            if len(results) != len(todo):
+                raise RuntimeError(f"teacher returned {len(results)} results for {len(todo)} images")
+            for i, value in zip(todo, results):
+                out[i] = replace(batch[i], **{self.field: list(value)})
+            return out
         except Exception as batch_error:
-            if len(batch) == 1:
-                return [self._failed(ids[0], batch_error)]
-            log.warning("%s batch of %d failed (%s); retrying one image at a time", self.stage, len(batch), batch_error)
-        results = []
-        for image_id, pixels in batch:
+            if len(todo) == 1:
+                out[todo[0]] = self._failed(batch[todo[0]], batch_error)
+                return out
+            log.warning("%s batch of %d failed (%s); retrying one image at a time", self.stage, len(todo), batch_error)
+        for i in todo:
             try:
-                results.append(TeacherResult(image_id, self.stage, list(model([pixels])[0])))
+                out[i] = replace(batch[i], **{self.field: list(model([batch[i].pixels])[0])})
             except Exception as e:
-                results.append(self._failed(image_id, e))
-        return results
+                out[i] = self._failed(batch[i], e)
+        return out
 
-    def _failed(self, image_id: str, err: BaseException) -> TeacherResult:
-        return TeacherResult(image_id, self.stage, error_type=type(err).__name__, message=str(err) or repr(err))
+    def _failed(self, work: Work, err: BaseException) -> Work:
+        return replace(work, failure=(self.stage, type(err).__name__, str(err) or repr(err)))
 
-    def get_num_bytes(self, batch: Sequence[tuple[str, np.ndarray]]) -> int:
-        return sum(pixels.nbytes for _, pixels in batch)  # the default pickles the whole batch
+    def get_num_bytes(self, batch: Sequence[Work]) -> int:
+        return sum(w.pixels.nbytes for w in batch if w.pixels is not None)  # the default pickles the batch
 
     def batch_elements_kwargs(self) -> dict:
         return {"min_batch_size": 1, "max_batch_size": self.options.batch_size}

@@ -3,10 +3,13 @@
 Kept apart from the command line (pseudo_label.py) so that every class a worker
 unpickles lives in an importable module, never in `__main__`.
 
-Flow: input -> ImageRefs -> first row per image_id -> read + decode (failures split off)
--> RunInference(captioner), RunInference(tagger) -> join by image_id -> labels row or
-failures row -> Parquet. Every distinct input image ends as exactly one row of
-OUTPUT/labels or OUTPUT/failures; OUTPUT/run.json records what ran and the counts.
+Flow: input -> ImageRefs -> first new row per image_id (GroupByKey with the ids that
+earlier runs committed, for --resume) -> read + decode -> RunInference(captioner) ->
+RunInference(tagger) -> labels row or failures row -> committed Parquet parts.
+
+The teachers are chained, not joined: each image travels as one Work item from decode
+to its output row with no shuffle in between, so rows are committed while the job runs
+(a killed job loses at most one uncommitted part) and every image leaves exactly once.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from pipelines import images, progress, sinks, sources, storage
-from pipelines.handlers import HandlerOptions, TeacherHandler, TeacherResult
+from pipelines.handlers import HandlerOptions, TeacherHandler, Work
 from schemas import FAILURES, LABELS, failure_row, labels_row
 
 NAMESPACE = "pseudo_label"  # Beam metrics namespace of the job's counters
@@ -44,10 +47,10 @@ class LabelJob:
     decode_size: int
     max_pixels: int
     read_retries: int
-    num_shards: int
+    rows_per_part: int
     compression: str
-    row_group_mb: int
     vocab: tuple | None  # parsed on the launcher when the file is local
+    done_parts: tuple[str, ...] = ()  # committed parts of earlier runs (with --resume)
 
     def teacher_params(self) -> dict:
         out = {}
@@ -77,32 +80,40 @@ def _failed(ref: sources.ImageRef, stage: str, error_type: str, message: str) ->
         image_id=ref.image_id, source_uri=ref.uri, stage=stage, error_type=error_type, message=message))
 
 
-class FirstRowWins(beam.DoFn):
-    """(image_id, [refs]) -> the ref of the earliest input row; later ones are counted."""
+def read_done_ids(part: str):
+    """A committed part file of an earlier run -> its image ids."""
+    from schemas import FAILURES, LABELS, read_table
+
+    schema = FAILURES if "/failures/" in part else LABELS
+    yield from read_table(part, schema, columns=["image_id"]).column("image_id").to_pylist()
+
+
+class FirstNewRow(beam.DoFn):
+    """(image_id, {refs, done}) -> the earliest input row, unless an earlier run committed it."""
 
     def __init__(self):
         self.distinct = beam.metrics.Metrics.counter(NAMESPACE, "distinct_images")
         self.duplicates = beam.metrics.Metrics.counter(NAMESPACE, "duplicates")
+        self.already_done = beam.metrics.Metrics.counter(NAMESPACE, "already_done")
+        self.done_not_in_input = beam.metrics.Metrics.counter(NAMESPACE, "done_not_in_input")
 
     def process(self, keyed):
-        _, refs = keyed
-        refs = list(refs)
+        _, parts = keyed
+        refs, done = list(parts["refs"]), list(parts["done"])
+        if not refs:
+            self.done_not_in_input.inc()  # committed by an earlier run, absent from this input
+            return
         self.distinct.inc()
         if len(refs) > 1:
             self.duplicates.inc(len(refs) - 1)
+        if done:
+            self.already_done.inc()
+            return
         yield min(refs, key=lambda r: r.row)
 
 
-@dataclass
-class Decoded:
-    ref: sources.ImageRef
-    sha256: str
-    width: int
-    height: int
-
-
 class ReadAndDecode(beam.DoFn):
-    """ImageRef -> (Decoded meta, (image_id, pixels)) or a failures row on tag 'failed'."""
+    """ImageRef -> Work (decoded pixels + facts), or a failures row on tag 'failed'."""
 
     def __init__(self, decode_size: int, max_pixels: int, retries: int):
         self.decode_size, self.max_pixels, self.retries = decode_size, max_pixels, retries
@@ -126,61 +137,48 @@ class ReadAndDecode(beam.DoFn):
             return _failed(ref, "decode", e.reason, str(e))
         except Exception as e:  # a decoder bug must cost one image, not the job
             return _failed(ref, "decode", type(e).__name__, str(e))
-        return Decoded(ref, img.sha256, img.width, img.height), (ref.image_id, img.pixels)
+        return Work(ref=ref, sha256=img.sha256, width=img.width, height=img.height, pixels=img.pixels)
 
 
-
-def dead_letters_to_results(stage: str):
-    """RunInference's dead-letter output (batch, exception) -> one TeacherResult per image."""
+def dead_letters_to_failures(stage: str):
+    """RunInference's dead-letter output (batch, exception) -> one failures row per image."""
 
     def convert(failed):
         batch, err = failed
-        for image_id, _ in batch:
-            yield TeacherResult(image_id, stage, error_type=type(err).__name__, message=str(err) or repr(err))
+        for work in batch:
+            yield failure_row(image_id=work.image_id, source_uri=work.ref.uri, stage=stage,
+                              error_type=type(err).__name__, message=str(err) or repr(err))
 
     return convert
 
 
 class MakeRow(beam.DoFn):
-    """Joined (image_id, {meta, caption, tag}) -> one labels row or one failures row."""
+    """A Work item the teachers are done with -> one labels row or one failures row."""
 
     def __init__(self, job: LabelJob):
         self.captioner = job.captioner.provenance if job.captioner else None
         self.tagger = job.tagger.provenance if job.tagger else None
         self.params = job.teacher_params()
 
-    def process(self, joined):
-        image_id, parts = joined
-        metas = list(parts["meta"])
-        if metas:  # an image never decoded already has its failures row from ReadAndDecode
-            yield self._row(image_id, metas[0], parts)
+    def process(self, work: Work):
+        yield self._row(work)
 
-    def _row(self, image_id: str, meta: "Decoded", parts: dict):
-        ref = meta.ref
-        results: dict[str, TeacherResult | None] = {}
-        for stage, enabled in (("caption", self.captioner), ("tag", self.tagger)):
-            if enabled:
-                got = list(parts.get(stage, []))
-                results[stage] = got[0] if got else TeacherResult(
-                    image_id, stage, error_type="MissingOutput", message=f"the {stage} teacher produced no result")
-        for stage, res in results.items():
-            if not res.ok:
-                return _failed(ref, stage, res.error_type, res.message)
-        captions = results["caption"].value if "caption" in results else []
-        tags = results["tag"].value if "tag" in results else []
-        if "caption" in results and not captions:
+    def _row(self, work: Work):
+        ref = work.ref
+        if work.failure is not None:
+            return _failed(ref, *work.failure)
+        if self.captioner and not work.captions:
             return _failed(ref, "caption", "EmptyOutput", "the captioner returned no caption for this image")
-        if not captions and not tags:
+        if not work.captions and not work.tags:
             return _failed(ref, "tag", "EmptyOutput", "the tagger returned no tag above the threshold")
         try:
-            row = LABELS.validate_row(labels_row(
-                image_id=image_id, source_uri=ref.uri, sha256=meta.sha256, width=meta.width, height=meta.height,
-                license=ref.license, author=ref.author, original_url=ref.original_url, captions=captions,
-                tags=tags, captioner=self.captioner, tagger=self.tagger, teacher_params=self.params))
+            return LABELS.validate_row(labels_row(
+                image_id=ref.image_id, source_uri=ref.uri, sha256=work.sha256, width=work.width,
+                height=work.height, license=ref.license, author=ref.author, original_url=ref.original_url,
+                captions=work.captions or [], tags=work.tags or [], captioner=self.captioner, tagger=self.tagger,
+                teacher_params=self.params))
         except (ValueError, KeyError, TypeError) as e:
             return _failed(ref, "label", type(e).__name__, str(e))
-        return row
-
 
 
 def build(p: beam.Pipeline, job: LabelJob):
@@ -190,44 +188,43 @@ def build(p: beam.Pipeline, job: LabelJob):
         | "Input" >> beam.Create([job.source])
         | "ExpandInput" >> beam.ParDo(ExpandInput())
         | "KeyById" >> beam.Map(lambda r: (r.image_id, r))
-        # GroupByKey both dedupes and spreads the images over workers (a reshuffle).
-        | "GroupById" >> beam.GroupByKey()
-        | "FirstRowWins" >> beam.ParDo(FirstRowWins())
     )
-    decoded = refs | "ReadAndDecode" >> beam.ParDo(
+    done = (
+        p
+        | "DoneParts" >> beam.Create(list(job.done_parts))
+        | "ReadDoneIds" >> beam.FlatMap(read_done_ids)
+        | "KeyDone" >> beam.Map(lambda image_id: (image_id, True))
+    )
+    todo = (
+        # Grouping dedupes, skips committed ids and spreads the images over workers.
+        {"refs": refs, "done": done}
+        | "GroupById" >> beam.CoGroupByKey()
+        | "FirstNewRow" >> beam.ParDo(FirstNewRow())
+    )
+    decoded = todo | "ReadAndDecode" >> beam.ParDo(
         ReadAndDecode(job.decode_size, job.max_pixels, job.read_retries)
     ).with_outputs(FAILED, main="ok")
-    meta = decoded.ok | "Meta" >> beam.Map(lambda d: (d[0].ref.image_id, d[0]))
-    pixels = decoded.ok | "Pixels" >> beam.Map(lambda d: d[1])
 
-    branches = {"meta": meta}
+    work = decoded.ok
+    lost = []
     for teacher in (job.captioner, job.tagger):
         if teacher is None:
             continue
         handler = TeacherHandler(teacher.stage, teacher.spec, teacher.params, job.handler,
                                  vocab=job.vocab if teacher.stage == "tag" else None)
         name = teacher.stage.title()
-        main, dlq = pixels | f"{name}" >> RunInference(handler).with_exception_handling()
-        lost = dlq.failed_inferences | f"{name}DeadLetters" >> beam.FlatMap(dead_letters_to_results(teacher.stage))
-        branches[teacher.stage] = (
-            (main, lost)
-            | f"{name}Results" >> beam.Flatten()
-            | f"Key{name}" >> beam.Map(lambda r: (r.image_id, r))
-        )
+        work, dlq = work | name >> RunInference(handler).with_exception_handling()
+        lost.append(dlq.failed_inferences
+                    | f"{name}DeadLetters" >> beam.FlatMap(dead_letters_to_failures(teacher.stage)))
 
-    rows = (
-        branches
-        | "JoinById" >> beam.CoGroupByKey()
-        | "MakeRow" >> beam.ParDo(MakeRow(job)).with_outputs(FAILED, main="labels")
-    )
+    rows = work | "MakeRow" >> beam.ParDo(MakeRow(job)).with_outputs(FAILED, main="labels")
     labels = rows.labels | "CountLabeled" >> beam.ParDo(progress.CountProgress("labeled"))
     failures = (
-        (decoded[FAILED], rows[FAILED])
+        (decoded[FAILED], rows[FAILED], *lost)
         | "AllFailures" >> beam.Flatten()
         | "CountFailed" >> beam.ParDo(progress.CountProgress("failed"))
     )
-    sinks.write_table(labels, job.output, "labels", LABELS, num_shards=job.num_shards,
-                      codec=job.compression, row_group_mb=job.row_group_mb)
-    sinks.write_table(failures, job.output, "failures", FAILURES, num_shards=job.num_shards,
-                      codec=job.compression, row_group_mb=job.row_group_mb)
+    for name, pcoll, schema in (("labels", labels, LABELS), ("failures", failures, FAILURES)):
+        pcoll | f"Commit{name.title()}" >> beam.ParDo(sinks.CommitParts(
+            job.output, name, schema, rows_per_part=job.rows_per_part, codec=job.compression))
     return labels, failures

@@ -9,12 +9,13 @@ built by pipelines.labeling.build.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 import apache_beam as beam
@@ -57,8 +58,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     io_.add_argument("--limit", type=int, default=None, help="label at most N input rows")
     io_.add_argument("--output", required=True, help="output directory (local, gs://, s3://)")
     io_.add_argument("--overwrite", action="store_true", help="replace a previous run in --output")
-    io_.add_argument("--num-shards", type=int, default=0, help="output files per table (0: runner decides)")
-    io_.add_argument("--row-group-mb", type=int, default=64, help="Parquet row group buffer size in MB")
+    io_.add_argument("--resume", action="store_true",
+                     help="continue a previous run in --output: images it committed are skipped")
+    io_.add_argument("--rows-per-part", type=int, default=1000,
+                     help="rows per committed Parquet part file (also the most work a killed job loses)")
     io_.add_argument("--compression", default="zstd", choices=sinks.CODECS)
 
     te = ap.add_argument_group("teachers")
@@ -116,8 +119,8 @@ def make_job(args: argparse.Namespace, check_teachers: bool = True) -> LabelJob:
         sources.check(source)
         for flag, value, low in (("--decode-size", args.decode_size, 16), ("--max-pixels", args.max_pixels, 1),
                                  ("--read-retries", args.read_retries, 0), ("--batch-size", args.batch_size, 1),
-                                 ("--model-copies", args.model_copies or 1, 1), ("--num-shards", args.num_shards, 0),
-                                 ("--row-group-mb", args.row_group_mb, 1)):
+                                 ("--model-copies", args.model_copies or 1, 1),
+                                 ("--rows-per-part", args.rows_per_part, 1)):
             if value < low:
                 raise UsageError(f"{flag} must be >= {low}, not {value}")
         if args.device not in DEVICES and not args.device.startswith("cuda:"):
@@ -138,23 +141,39 @@ def make_job(args: argparse.Namespace, check_teachers: bool = True) -> LabelJob:
                                  model_copies=args.model_copies)
         return LabelJob(source=source, output=args.output.rstrip("/"), captioner=captioner, tagger=tagger,
                         handler=handler, decode_size=args.decode_size, max_pixels=args.max_pixels,
-                       read_retries=args.read_retries, num_shards=args.num_shards, compression=args.compression,
-                       row_group_mb=args.row_group_mb, vocab=vocab)
+                        read_retries=args.read_retries, rows_per_part=args.rows_per_part,
+                        compression=args.compression, vocab=vocab)
     except UsageError:
         raise
     except (ValueError, TeacherUnavailable, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
+def _prepare_output(output: str, *, overwrite: bool, resume: bool) -> tuple[tuple[str, ...], list]:
+    """Check --output against a previous run. Returns (committed parts to skip, run history)."""
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume contradict each other: choose one")
     previous = [p for p in ("run.json", "labels", "failures") if storage.exists(storage.join(output, p))]
     if not previous:
-        return
-    if not overwrite:
-        raise UsageError(f"--output {output} already holds a run ({', '.join(previous)}); "
-                         "pass --overwrite to replace it or choose another --output")
-    for p in previous:
-        storage.remove(storage.join(output, p))
+        return (), []
+    if overwrite:
+        for p in previous:
+            storage.remove(storage.join(output, p))
+        return (), []
+    if not resume:
+        raise UsageError(f"--output {output} already holds a run ({', '.join(previous)}); pass --resume "
+                         "to continue it, --overwrite to replace it, or choose another --output")
+    history: list = []
+    if "run.json" in previous:
+        try:
+            last = json.loads(storage.read_text(storage.join(output, "run.json")))
+        except ValueError as e:
+            raise UsageError(f"cannot resume: {output}/run.json is not valid JSON ({e})") from e
+        history = [*last.pop("history", []), last]
+    for table in ("labels", "failures"):
+        sinks.remove_in_progress(output, table)
+    parts = tuple(p for table in ("labels", "failures") for p in sinks.list_parts(output, table))
+    return parts, history
 
 
 def _versions() -> dict:
@@ -206,10 +225,15 @@ def run(argv: list[str] | None = None) -> int:
     options = PipelineOptions(beam_args)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if args.trust_remote_code:
+        print("pseudo_label: warning: --trust-remote-code lets model repositories run their own Python code "
+              "on every worker; use it only for models you trust", file=sys.stderr)
     try:
         job = make_job(args)
+        history: list = []
         if not dry_run:  # a dry run writes nothing and must not touch the (remote) output
-            _prepare_output(job.output, args.overwrite)
+            done_parts, history = _prepare_output(job.output, overwrite=args.overwrite, resume=args.resume)
+            job = replace(job, done_parts=done_parts)
     except UsageError as e:
         print(f"pseudo_label: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -231,6 +255,8 @@ def run(argv: list[str] | None = None) -> int:
         "pipeline_options": options.get_all_options(drop_default=True),
         "versions": _versions(),
         "host": platform.node(),
+        "resumed_from_parts": len(job.done_parts),
+        "history": history,  # earlier runs into the same --output (with --resume), oldest first
     }
     if not dry_run:
         sinks.write_run_record(job.output, record)
@@ -252,22 +278,23 @@ def run(argv: list[str] | None = None) -> int:
         return 0
 
     counts = count_outputs(job.output)
-    counts["input_rows"] = _counter(result, "input_rows")
-    counts["duplicates"] = _counter(result, "duplicates")
-    counts["distinct_images"] = _counter(result, "distinct_images")
+    for name in ("input_rows", "duplicates", "distinct_images", "already_done", "done_not_in_input"):
+        counts[name] = _counter(result, name)
     accounted = counts["labeled"] + counts["failed"]
-    consistent = counts["distinct_images"] is None or counts["distinct_images"] == accounted
+    expected = None if counts["distinct_images"] is None else counts["distinct_images"] + (counts["done_not_in_input"] or 0)
+    consistent = expected is None or expected == accounted
     record.update(status="succeeded" if consistent else "inconsistent",
                   finished_at=datetime.now(timezone.utc).isoformat(),
                   wall_seconds=round(time.monotonic() - t0, 3), counts=counts)
     sinks.write_run_record(job.output, record)
     wall = max(time.monotonic() - t0, 1e-9)
+    new = accounted - (counts["already_done"] or 0) - (counts["done_not_in_input"] or 0)
+    resumed = f", {counts['already_done']} already done" if job.done_parts else ""
     print(f"pseudo_label: {counts['distinct_images']} images: {counts['labeled']} labeled, "
-          f"{counts['failed']} failed, {counts['duplicates']} duplicate rows skipped; "
-          f"{wall:.1f}s ({accounted / wall:.2f} images/s) -> {job.output}", file=sys.stderr)
+          f"{counts['failed']} failed{resumed}, {counts['duplicates']} duplicate rows skipped; "
+          f"{wall:.1f}s ({new / wall:.2f} images/s) -> {job.output}", file=sys.stderr)
     if not consistent:
-        print(f"pseudo_label: error: {counts['distinct_images']} distinct images but {accounted} output rows",
-              file=sys.stderr)
+        print(f"pseudo_label: error: {expected} distinct images but {accounted} output rows", file=sys.stderr)
         return 1
     return 0
 

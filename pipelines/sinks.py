@@ -1,34 +1,102 @@
-"""Writing outputs: versioned Parquet tables and the run record."""
+"""Writing outputs: committed Parquet part files and the run record.
+
+Rows are written in part files of at most `rows_per_part` rows, each written under a
+temporary name and then renamed, so a part is either wholly there or not at all. A
+killed job therefore leaves only complete parts behind, and `--resume` skips exactly
+the images they hold. Part names are a hash of the image ids inside, so a retried
+bundle that writes the same rows replaces its earlier part instead of duplicating it.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+import time
+import uuid
 
-from apache_beam.io.parquetio import WriteToParquet
+import apache_beam as beam
+import fsspec
+import pyarrow.parquet as pq
 
 from pipelines import storage
 from schemas import VersionedSchema
 
 CODECS = ("zstd", "snappy", "gzip", "brotli", "none")
+IN_PROGRESS = ".inprogress"  # suffix of parts being written; never matched by *.parquet
 
 
-def write_table(rows, output: str, table: str, schema: VersionedSchema, *, num_shards: int = 0,
-                codec: str = "zstd", row_group_mb: int = 64):
-    """rows -> OUTPUT/<table>/<table>-SSSSS-of-NNNNN.parquet, with the schema's version stamped."""
-    if codec not in CODECS:
-        raise ValueError(f"--compression must be one of {', '.join(CODECS)}, not {codec!r}")
-    if num_shards < 0:
-        raise ValueError(f"--num-shards must be >= 0 (0 lets the runner choose), not {num_shards}")
-    if row_group_mb < 1:
-        raise ValueError(f"--row-group-mb must be >= 1, not {row_group_mb}")
-    return rows | f"Write{table.title()}" >> WriteToParquet(
-        file_path_prefix=storage.join(output, f"{table}/{table}"),
-        schema=schema.arrow,
-        codec=codec,
-        num_shards=num_shards,
-        file_name_suffix=".parquet",
-        row_group_buffer_size=row_group_mb * 1024 * 1024,
-        record_batch_size=256,
-    )
+class CommitParts(beam.DoFn):
+    """rows -> OUTPUT/<table>/part-<hash>.parquet, committed every `rows_per_part` rows.
+
+    A part is also committed when its oldest row has waited `max_wait_s` (failures can
+    be rare: they should not sit in memory until the end) and at the end of a bundle.
+    """
+
+    def __init__(self, output: str, table: str, schema: VersionedSchema, *, rows_per_part: int = 1000,
+                 codec: str = "zstd", max_wait_s: float = 60.0):
+        if codec not in CODECS:
+            raise ValueError(f"--compression must be one of {', '.join(CODECS)}, not {codec!r}")
+        if rows_per_part < 1:
+            raise ValueError(f"--rows-per-part must be >= 1, not {rows_per_part}")
+        self.output, self.table, self.schema = output, table, schema
+        self.rows_per_part, self.codec, self.max_wait_s = rows_per_part, codec, max_wait_s
+        self.parts = beam.metrics.Metrics.counter("sinks", f"{table}_parts")
+
+    def start_bundle(self):
+        self.buffer: list[dict] = []
+        self.first_at = 0.0
+
+    def process(self, row: dict):
+        if not self.buffer:
+            self.first_at = time.monotonic()
+        self.buffer.append(row)
+        if len(self.buffer) >= self.rows_per_part or time.monotonic() - self.first_at >= self.max_wait_s:
+            self._commit()
+
+    def finish_bundle(self):
+        if self.buffer:
+            self._commit()
+
+    def _commit(self) -> None:
+        rows, self.buffer = self.buffer, []
+        commit_part(self.output, self.table, self.schema, rows, codec=self.codec)
+        self.parts.inc()
+
+
+def part_name(rows: list[dict]) -> str:
+    ids = "\n".join(sorted(r["image_id"] for r in rows))
+    return f"part-{hashlib.sha256(ids.encode()).hexdigest()[:24]}.parquet"
+
+
+def commit_part(output: str, table: str, schema: VersionedSchema, rows: list[dict], *, codec: str = "zstd") -> str:
+    """Write `rows` as one part file: temporary name first, then a rename. Returns its URL."""
+    data = schema.to_table(rows)  # validates every row against the schema
+    final = storage.join(output, f"{table}/{part_name(rows)}")
+    tmp = f"{final}.{uuid.uuid4().hex[:8]}{IN_PROGRESS}"
+    fs, tmp_path = fsspec.core.url_to_fs(tmp)
+    _, final_path = fsspec.core.url_to_fs(final)
+    fs.makedirs(tmp_path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(tmp_path, "wb") as f:
+        pq.write_table(data, f, compression=codec, row_group_size=len(rows))
+    fs.mv(tmp_path, final_path)
+    return final
+
+
+def list_parts(output: str, table: str) -> list[str]:
+    """Committed part files of a table (URLs), sorted."""
+    from schemas.io import parquet_files
+
+    return parquet_files(storage.join(output, table))
+
+
+def remove_in_progress(output: str, table: str) -> int:
+    """Delete parts a killed job left half-written. Returns how many."""
+    fs, root = fsspec.core.url_to_fs(storage.join(output, table))
+    if not fs.exists(root):
+        return 0
+    stale = fs.glob(root.rstrip("/") + f"/*{IN_PROGRESS}")
+    for path in stale:
+        fs.rm(path)
+    return len(stale)
 
 
 def write_run_record(output: str, record: dict) -> str:

@@ -46,8 +46,10 @@ def read_bytes(url: str, *, retries: int = 3, backoff_s: float = 0.5) -> bytes:
     attempt = 0
     while True:
         try:
-            with fsspec.open(url, "rb") as f:
-                return f.read()
+            # cat_file is one GET: fsspec's open() on HTTP first asks HEAD for the size and
+            # reports any HEAD failure (a passing 503 too) as FileNotFoundError.
+            fs, path = fsspec.core.url_to_fs(url)
+            return fs.cat_file(path)
         except Exception as e:
             if _is_permanent(e):
                 raise PermanentReadError(f"{type(e).__name__}: {e}") from e

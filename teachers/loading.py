@@ -10,6 +10,7 @@ Everything ends in `from_pretrained(<local dir>, use_safetensors=True)`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from teachers import registry
 
 REMOTE_DIR_SCHEMES = ("gs://", "gcs://", "s3://")
+log = logging.getLogger(__name__)
 
 
 class TeacherUnavailable(RuntimeError):
@@ -168,6 +170,9 @@ def load_pretrained(ref: TeacherRef, auto_model, *, cache_dir: str | None = None
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if trust_remote_code:
+        log.warning("trust_remote_code is on for %s %r: Python code shipped with the model will run "
+                    "on this machine", ref.kind, ref.spec)
     path = resolve(ref, cache_dir)
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)

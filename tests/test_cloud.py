@@ -1,7 +1,7 @@
 """The labeling job against real storage servers on loopback: gs://, s3://, http://.
 
 Inputs, images, outputs and run.json all go through the same code as on real buckets:
-fsspec (gcsfs, s3fs, HTTP) for reading, Beam's filesystems for the Parquet sinks.
+fsspec (gcsfs, s3fs, HTTP) for reading and for the committed Parquet parts.
 """
 import csv
 import io
@@ -54,7 +54,7 @@ def test_gcs_manifest_images_and_outputs(tmp_path):
         fs.pipe("example-bucket/oi/images.csv", _manifest_text(rows).encode())
         proc = run_cli(*FAST, "--input", "gs://example-bucket/oi/images.csv",
                        "--image-root", "gs://example-bucket/oi/images", "--output", "gs://example-bucket/out",
-                       "--temp_location", "gs://example-bucket/tmp", env=env)
+                       env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         labels = _check_outputs("gs://example-bucket/out", {r["ImageID"] for r in rows[:3]},
                                 {"missing0": "FileNotFoundError"})
@@ -72,9 +72,7 @@ def test_s3_glob_input_and_outputs():
         for i in ids:
             fs.put(str(IMAGES / f"{i}.jpg"), f"photos/in/{i}.jpg")
         fs.pipe("photos/in/broken.jpg", b"<html>AccessDenied</html>")
-        proc = run_cli(*FAST, "--input", "s3://photos/in/*.jpg", "--output", "s3://photos/out",
-                       "--s3_endpoint_url", env["AWS_ENDPOINT_URL"], "--s3_region_name", "us-east-1",
-                       "--s3_access_key_id", "test", "--s3_secret_access_key", "test", env=env)
+        proc = run_cli(*FAST, "--input", "s3://photos/in/*.jpg", "--output", "s3://photos/out", env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         _check_outputs("s3://photos/out", set(ids), {"broken": "NotAnImage"})
 
@@ -107,3 +105,19 @@ def test_storage_layer_round_trip(scheme):
             storage.read_bytes(f"{scheme}://bkt/dir/missing.jpg", retries=0)
         storage.remove(f"{scheme}://bkt/dir")
         assert not storage.exists(url)
+
+
+def test_teacher_loaded_from_a_gcs_directory(tmp_path):
+    import teachers
+    from teachers import TagParams, TeacherRef
+
+    local = teachers.resolve(TeacherRef("tagger", "tiny"), cache_dir=str(tmp_path / "build"))
+    with servers.gcs_emulator("models") as env, servers.environ(env):
+        fs = fsspec.filesystem("gs")
+        fs.put(local, "models/siglip-tiny", recursive=True)
+        tagger = teachers.load_tagger("gs://models/siglip-tiny", TagParams(threshold=0.0, max_tags=2),
+                                      device="cpu", cache_dir=str(tmp_path / "cache"))
+        from tests.imagegen import gradient
+
+        assert len(tagger([gradient(40, 30)])[0]) == 2
+        assert list((tmp_path / "cache" / "remote").iterdir())  # copied once into the local cache

@@ -138,3 +138,12 @@ def test_pickled_weights_alone_are_refused(tmp_path):
     (unsafe / "pytorch_model.bin").write_bytes(b"not loaded: could run code")
     with pytest.raises(TeacherUnavailable, match="cannot load captioner"):
         teachers.load_captioner(str(unsafe), CaptionParams(1, 1, 3), device="cpu")
+
+
+def test_trust_remote_code_is_off_by_default_and_warned_about(caplog):
+    import inspect
+
+    assert inspect.signature(teachers.load_captioner).parameters["trust_remote_code"].default is False
+    with caplog.at_level("WARNING", logger="teachers.loading"):
+        teachers.load_captioner("tiny", CaptionParams(1, 1, 2), device="cpu", trust_remote_code=True)
+    assert any("trust_remote_code is on" in r.message for r in caplog.records)

@@ -8,7 +8,7 @@ from apache_beam.testing.util import assert_that, equal_to
 import teachers
 from pipelines import labeling
 from pipelines import pseudo_label as pl
-from pipelines.handlers import HandlerOptions, TeacherHandler, TeacherResult
+from pipelines.handlers import HandlerOptions, TeacherHandler, Work
 from pipelines.sources import ImageRef, SourceSpec
 from tests import imagegen
 
@@ -22,12 +22,14 @@ def _job(tmp_path, input_path, captioner="tiny", tagger="tiny", **over):
     return pl.make_job(args)
 
 
-def test_first_row_wins_and_duplicates_are_dropped():
+def test_first_new_row_wins_duplicates_and_done_ids_are_dropped():
     refs = [ImageRef("a", "/3", row=3), ImageRef("a", "/1", row=1), ImageRef("b", "/2", row=2),
-            ImageRef("a", "/9", row=9)]
+            ImageRef("a", "/9", row=9), ImageRef("c", "/4", row=4)]
     with TestPipeline() as p:
-        out = (p | beam.Create(refs) | beam.Map(lambda r: (r.image_id, r)) | beam.GroupByKey()
-               | beam.ParDo(labeling.FirstRowWins()) | beam.Map(lambda r: (r.image_id, r.uri)))
+        keyed = p | "Refs" >> beam.Create(refs) | beam.Map(lambda r: (r.image_id, r))
+        done = p | "Done" >> beam.Create([("c", True), ("zombie", True)])
+        out = ({"refs": keyed, "done": done} | beam.CoGroupByKey()
+               | beam.ParDo(labeling.FirstNewRow()) | beam.Map(lambda r: (r.image_id, r.uri)))
         assert_that(out, equal_to([("a", "/1"), ("b", "/2")]))
 
 
@@ -40,7 +42,7 @@ def test_read_and_decode_splits_failures_by_stage(tmp_path):
             ImageRef("row:5", None, 5, error="manifest row 5 has no ImageID")]
     with TestPipeline() as p:
         res = p | beam.Create(refs) | beam.ParDo(labeling.ReadAndDecode(64, 10**8, 0)).with_outputs("failed", main="ok")
-        ok = res.ok | beam.Map(lambda d: (d[0].ref.image_id, d[0].width, d[0].height, d[1][1].shape[2]))
+        ok = res.ok | beam.Map(lambda w: (w.image_id, w.width, w.height, w.pixels.shape[2]))
         assert_that(ok, equal_to([("good", 80, 60, 3)]), label="ok")
         failed = res.failed | beam.Map(lambda r: (r["image_id"], r["stage"], r["error_type"]))
         assert_that(failed, equal_to([
@@ -49,32 +51,28 @@ def test_read_and_decode_splits_failures_by_stage(tmp_path):
         ]), label="failed")
 
 
-def _meta(image_id):
-    return labeling.Decoded(ImageRef(image_id, f"/{image_id}.jpg", 1, license="CC0"), "f" * 64, 10, 20)
+def _work(image_id, captions=None, tags=None, failure=None):
+    return Work(ImageRef(image_id, f"/{image_id}.jpg", 1, license="CC0"), "f" * 64, 10, 20, None,
+                captions=captions, tags=tags, failure=failure)
 
 
 def test_make_row_gives_exactly_one_row_per_image(tmp_path):
     job = _job(tmp_path, imagegen_dir(tmp_path))
-    cap = lambda i, v=None, err=None: TeacherResult(i, "caption", v or [], error_type=err, message=err)  # noqa: E731
-    tag = lambda i, v=None, err=None: TeacherResult(i, "tag", v or [], error_type=err, message=err)  # noqa: E731
-    good_caps = [{"text": "a thing", "score": -1.0}]
-    good_tags = [{"label": "l", "name": "n", "score": 0.5}]
-    joined = [
-        ("ok", {"meta": [_meta("ok")], "caption": [cap("ok", good_caps)], "tag": [tag("ok", good_tags)]}),
-        ("nocap", {"meta": [_meta("nocap")], "caption": [cap("nocap")], "tag": [tag("nocap", good_tags)]}),
-        ("notags", {"meta": [_meta("notags")], "caption": [cap("notags", good_caps)], "tag": [tag("notags")]}),
-        ("both", {"meta": [_meta("both")], "caption": [cap("both", err="RuntimeError")],
-                  "tag": [tag("both", err="ValueError")]}),
-        ("lost", {"meta": [_meta("lost")], "caption": [], "tag": [tag("lost", good_tags)]}),
-        ("undecoded", {"meta": [], "caption": [], "tag": []}),
+    caps = [{"text": "a thing", "score": -1.0}]
+    tags = [{"label": "l", "name": "n", "score": 0.5}]
+    items = [
+        _work("ok", caps, tags),
+        _work("nocap", [], tags),  # a captioner that returns nothing
+        _work("notags", caps, []),  # no tag passed the threshold: still labeled
+        _work("failed", failure=("caption", "RuntimeError", "boom")),
     ]
     with TestPipeline() as p:
-        res = p | beam.Create(joined) | beam.ParDo(labeling.MakeRow(job)).with_outputs("failed", main="labels")
+        res = p | beam.Create(items) | beam.ParDo(labeling.MakeRow(job)).with_outputs("failed", main="labels")
         labels = res.labels | beam.Map(lambda r: (r["image_id"], len(r["captions"]), len(r["tags"]), r["license"]))
         assert_that(labels, equal_to([("ok", 1, 1, "CC0"), ("notags", 1, 0, "CC0")]), label="labels")
         failed = res.failed | beam.Map(lambda r: (r["image_id"], r["stage"], r["error_type"]))
-        assert_that(failed, equal_to([("nocap", "caption", "EmptyOutput"), ("both", "caption", "RuntimeError"),
-                                      ("lost", "caption", "MissingOutput")]), label="failed")
+        assert_that(failed, equal_to([("nocap", "caption", "EmptyOutput"), ("failed", "caption", "RuntimeError")]),
+                    label="failed")
 
 
 def imagegen_dir(tmp_path):
@@ -99,11 +97,17 @@ class FailsOnTinyImages:
 def test_handler_isolates_a_failing_image_in_a_batch():
     handler = TeacherHandler("caption", "tiny", teachers.CaptionParams(1, 1, 3), HandlerOptions(device="cpu"))
     model = FailsOnTinyImages(handler.load_model())
-    batch = [("a", imagegen.gradient(32, 32)), ("b", np.zeros((4, 4, 3), np.uint8)), ("c", imagegen.gradient(20, 9))]
+
+    def item(image_id, pixels, failure=None):
+        return Work(ImageRef(image_id, None, 1), "0" * 64, 1, 1, pixels, failure=failure)
+
+    batch = [item("a", imagegen.gradient(32, 32)), item("b", np.zeros((4, 4, 3), np.uint8)),
+             item("c", imagegen.gradient(20, 9)), item("d", None, failure=("decode", "X", "earlier"))]
     results = list(handler.run_inference(batch, model))
-    assert [r.image_id for r in results] == ["a", "b", "c"]
-    assert [r.ok for r in results] == [True, False, True]
-    assert results[1].error_type == "RuntimeError" and "too small" in results[1].message
+    assert [r.image_id for r in results] == ["a", "b", "c", "d"]
+    assert [r.failure is None for r in results] == [True, False, True, False]
+    assert results[1].failure[:2] == ("caption", "RuntimeError") and "too small" in results[1].failure[2]
+    assert results[0].captions and results[3].failure == ("decode", "X", "earlier")  # passed through untouched
     assert handler.batch_elements_kwargs()["max_batch_size"] == 8
 
 
