@@ -1,7 +1,8 @@
 """Writing outputs: committed Parquet part files and the run record.
 
-Rows are written in part files of at most `rows_per_part` rows, each written under a
-temporary name and then renamed, so a part is either wholly there or not at all. A
+Rows are written in part files of at most `rows_per_part` rows, each published whole
+(on local disks: written under a temporary name, then renamed; object stores publish
+an object only once its upload completes), so a part is either all there or not at all. A
 killed job therefore leaves only complete parts behind, and `--resume` skips exactly
 the images they hold. Part names are a hash of the image ids inside, so a retried
 bundle that writes the same rows replaces its earlier part instead of duplicating it.
@@ -71,13 +72,18 @@ def commit_part(output: str, table: str, schema: VersionedSchema, rows: list[dic
     """Write `rows` as one part file: temporary name first, then a rename. Returns its URL."""
     data = schema.to_table(rows)  # validates every row against the schema
     final = storage.join(output, f"{table}/{part_name(rows)}")
-    tmp = f"{final}.{uuid.uuid4().hex[:8]}{IN_PROGRESS}"
-    fs, tmp_path = fsspec.core.url_to_fs(tmp)
-    _, final_path = fsspec.core.url_to_fs(final)
-    fs.makedirs(tmp_path.rsplit("/", 1)[0], exist_ok=True)
+    fs, final_path = fsspec.core.url_to_fs(final)
+    if storage.is_remote(final):
+        # Object stores publish an object only when its upload completes: already atomic,
+        # and a rename there is a copy + delete (or, on GCS emulators, an unsupported call).
+        with fs.open(final_path, "wb") as f:
+            pq.write_table(data, f, compression=codec, row_group_size=len(rows))
+        return final
+    tmp_path = f"{final_path}.{uuid.uuid4().hex[:8]}{IN_PROGRESS}"
+    fs.makedirs(final_path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(tmp_path, "wb") as f:
         pq.write_table(data, f, compression=codec, row_group_size=len(rows))
-    fs.mv(tmp_path, final_path)
+    fs.mv(tmp_path, final_path)  # a rename: the part appears whole or not at all
     return final
 
 
