@@ -110,9 +110,13 @@ def test_hostile_manifest_and_names(tmp_path):
     for name in ("cmyk_jpeg", "gray16_png", "palette_png", "rgba_png", "animated_gif", "webp", "tiff", "bmp",
                  "one_pixel_png", "extreme_aspect_png"):
         (root / name).write_bytes(cases[name])
+    broken = imagegen.broken()  # empty, text, HTML page, truncated JPEG, PNG bomb, all named .jpg
+    for name, (data, _) in broken.items():
+        (root / f"{name}.jpg").write_bytes(data)
     rows = [("café-日本", "café-日本.jpg", ""), ("r90", "r90.jpg", "90"), ("r270", "r270.jpg", "270.0"),
             ("exif6", "exif6.jpg", ""), ("exif6-rot0", "exif6-rot0.jpg", "0"),
-            *[(n, n, "") for n in cases if (root / n).exists()], ("r90", "r270.jpg", "270")]  # duplicate id
+            *[(n, n, "") for n in cases if (root / n).exists()], ("r90", "r270.jpg", "270"),  # duplicate id
+            *[(n, f"{n}.jpg", "") for n in broken], ("missing", "missing.jpg", ""), ("badrot", "r90.jpg", "45")]
     with open(tmp_path / "t.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["image_id", "uri", "rotation"])
@@ -121,14 +125,21 @@ def test_hostile_manifest_and_names(tmp_path):
     proc = run_cli(*FAST, "--input", tmp_path / "t.csv", "--output", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     labels = {r["image_id"]: r for r in read_table(str(tmp_path / "out" / "labels"), LABELS).to_pylist()}
-    distinct = {r[0] for r in rows}
-    assert set(labels) == distinct  # every one of these is a usable picture
+    failures = {r["image_id"]: (r["stage"], r["error_type"])
+                for r in read_table(str(tmp_path / "out" / "failures"), FAILURES).to_pylist()}
+    expected_failures = {n: ("decode", reason) for n, (_, reason) in broken.items()}
+    expected_failures.update(missing=("read", "FileNotFoundError"), badrot=("manifest", "MalformedRow"))
+    assert failures == expected_failures
+    distinct = {r[0] for r in rows} - set(expected_failures)
+    assert set(labels) == distinct  # every other one is a usable picture
     assert (labels["r90"]["width"], labels["r90"]["height"]) == (48, 64)
     assert (labels["r270"]["width"], labels["r270"]["height"]) == (48, 64)
     assert (labels["exif6"]["width"], labels["exif6"]["height"]) == (48, 64)
     assert (labels["exif6-rot0"]["width"], labels["exif6-rot0"]["height"]) == (64, 48)  # never both
     run = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert run["counts"]["duplicates"] == 1 and run["counts"]["labeled"] == len(distinct)
+    c = run["counts"]
+    assert (c["duplicates"], c["labeled"], c["failed"]) == (1, len(distinct), len(expected_failures))
+    assert c["distinct_images"] == c["labeled"] + c["failed"]
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\x00\x81", b"", b"image,path\nx,y\n"])
