@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ def parse_rotation(value: object) -> int | None:
         degrees = float(text)
     except ValueError as e:
         raise ValueError(f"Rotation {text!r} is not a number") from e
-    if degrees != int(degrees) or int(degrees) % 360 not in ROTATIONS:
+    if not math.isfinite(degrees) or degrees != int(degrees) or int(degrees) % 360 not in ROTATIONS:
         raise ValueError(f"Rotation {text!r} is not a multiple of 90 degrees")
     return int(degrees) % 360
 

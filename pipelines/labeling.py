@@ -50,7 +50,7 @@ class LabelJob:
     rows_per_part: int
     compression: str
     vocab: tuple | None  # parsed on the launcher when the file is local
-    done_parts: tuple[str, ...] = ()  # committed parts of earlier runs (with --resume)
+    done_parts: tuple[tuple[str, str], ...] = ()  # (table, part) committed by earlier runs (--resume)
 
     def teacher_params(self) -> dict:
         out = {}
@@ -80,11 +80,12 @@ def _failed(ref: sources.ImageRef, stage: str, error_type: str, message: str) ->
         image_id=ref.image_id, source_uri=ref.uri, stage=stage, error_type=error_type, message=message))
 
 
-def read_done_ids(part: str):
-    """A committed part file of an earlier run -> its image ids."""
-    from schemas import FAILURES, LABELS, read_table
+def read_done_ids(table_and_part: tuple[str, str]):
+    """(table, committed part file of an earlier run) -> its image ids."""
+    from schemas import read_table
 
-    schema = FAILURES if "/failures/" in part else LABELS
+    table, part = table_and_part
+    schema = FAILURES if table == "failures" else LABELS
     yield from read_table(part, schema, columns=["image_id"]).column("image_id").to_pylist()
 
 
@@ -145,9 +146,17 @@ def dead_letters_to_failures(stage: str):
 
     def convert(failed):
         batch, err = failed
+        if isinstance(err, tuple):  # Beam sends (exception type, repr, traceback lines)
+            error_type, message = getattr(err[0], "__name__", str(err[0])), str(err[1])
+        else:
+            error_type, message = type(err).__name__, str(err) or repr(err)
         for work in batch:
-            yield failure_row(image_id=work.image_id, source_uri=work.ref.uri, stage=stage,
-                              error_type=type(err).__name__, message=str(err) or repr(err))
+            if work.failure is not None:  # failed before this teacher: keep that reason
+                yield failure_row(image_id=work.image_id, source_uri=work.ref.uri, stage=work.failure[0],
+                                  error_type=work.failure[1], message=work.failure[2])
+            else:
+                yield failure_row(image_id=work.image_id, source_uri=work.ref.uri, stage=stage,
+                                  error_type=error_type, message=message)
 
     return convert
 

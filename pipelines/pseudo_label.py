@@ -169,10 +169,12 @@ def _prepare_output(output: str, *, overwrite: bool, resume: bool) -> tuple[tupl
             last = json.loads(storage.read_text(storage.join(output, "run.json")))
         except ValueError as e:
             raise UsageError(f"cannot resume: {output}/run.json is not valid JSON ({e})") from e
+        if not isinstance(last, dict):
+            raise UsageError(f"cannot resume: {output}/run.json is not a run record")
         history = [*last.pop("history", []), last]
     for table in ("labels", "failures"):
         sinks.remove_in_progress(output, table)
-    parts = tuple(p for table in ("labels", "failures") for p in sinks.list_parts(output, table))
+    parts = tuple((table, p) for table in ("labels", "failures") for p in sinks.list_parts(output, table))
     return parts, history
 
 

@@ -188,8 +188,30 @@ def _clean(value: object) -> str | None:
     return text or None
 
 
+MAX_FIELD_CHARS = 1 << 20  # csv's default limit (128 Ki) is below some real Title fields
+
+
+def _rows(reader) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """(data row number, values or None, error or None): one broken row does not end the file."""
+    n = 0
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            n += 1
+            yield n, None, f"manifest row {n} cannot be parsed: {e}"
+            continue
+        n += 1
+        yield n, values, None
+
+
 def _iter_csv(spec: SourceSpec) -> Iterator[ImageRef]:
-    with fsspec.open(spec.input, "r", encoding="utf-8-sig", newline="", compression="infer") as f:
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
+    # errors="replace": a stray invalid byte spoils its own row's text, not the whole manifest.
+    with fsspec.open(spec.input, "r", encoding="utf-8-sig", errors="replace", newline="",
+                     compression="infer") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:
@@ -200,7 +222,10 @@ def _iter_csv(spec: SourceSpec) -> Iterator[ImageRef]:
             make = lambda rec, n: _openimages_ref(rec, n, root, spec.path_template)  # noqa: E731
         else:
             make = _table_ref
-        for n, values in enumerate(reader, start=1):
+        for n, values, error in _rows(reader):
+            if error is not None:
+                yield ImageRef(image_id=f"row:{n}", uri=None, row=n, error=error)
+                continue
             if not any(v.strip() for v in values):
                 continue  # blank line: nothing to account for
             if len(values) != len(header):

@@ -34,11 +34,9 @@ def join(root: str, relative: str) -> str:
 def _is_permanent(err: BaseException) -> bool:
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return True
+    # Only a parsed status counts: an error text that merely mentions "404" proves nothing.
     status = getattr(err, "status", None) or getattr(err, "code", None)
-    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
-        return True
-    text = str(err)
-    return any(f" {code}" in text or text.startswith(str(code)) for code in (401, 403, 404, 410))
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
 
 
 def read_bytes(url: str, *, retries: int = 3, backoff_s: float = 0.5) -> bytes:

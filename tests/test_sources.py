@@ -105,3 +105,22 @@ def test_remote_inputs_are_not_read_at_check_time():
     # Building a Dataflow job must not touch the bucket: check() only looks at the name.
     assert sources.check(SourceSpec("gs://example-bucket/images.csv")) == "csv"
     assert sources.check(SourceSpec("s3://b/imgs/*.jpg")) == "files"
+
+
+def test_one_broken_row_does_not_end_a_large_manifest(tmp_path):
+    path = tmp_path / "m.csv"
+    filler = "".join(f"id{i},train\n" for i in range(3000))  # push the bad bytes past the first read
+    path.write_bytes(b"ImageID,Subset\n" + filler.encode() + b"bad\xff\xfeid,train\n"
+                     + b'"' + b"x" * (1 << 21) + b'",train\n' + b"last,train\n")
+    refs = list(sources.iter_refs(SourceSpec(str(path))))
+    assert refs[-1].image_id == "last" and refs[-1].error is None
+    assert len(refs) == 3003
+    assert refs[3000].error is None  # invalid bytes replaced, row kept
+    assert refs[3001].error and "cannot be parsed" in refs[3001].error and refs[3001].image_id == "row:3002"
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e400"])
+def test_non_finite_rotation_is_a_malformed_row(tmp_path, value):
+    path = _oi_csv(tmp_path / "m.csv", [{"ImageID": "a", "Rotation": value}])
+    (ref,) = sources.iter_refs(SourceSpec(path))
+    assert "Rotation" in ref.error

@@ -157,3 +157,15 @@ def test_both_teachers_off_is_a_usage_error(tmp_path):
 def test_source_spec_is_carried_into_the_job(tmp_path):
     job = _job(tmp_path, imagegen_dir(tmp_path), limit=1)
     assert job.source == SourceSpec(str(imagegen_dir(tmp_path)), limit=1)
+
+
+def test_dead_letters_become_one_failure_row_per_image():
+    convert = labeling.dead_letters_to_failures("tag")
+    batch = [_work("a"), _work("b", failure=("caption", "RuntimeError", "earlier"))]
+    beam_style = (batch, (ValueError, "ValueError('bad batch')", ["Traceback ..."]))
+    rows = list(convert(beam_style))
+    assert [(r["image_id"], r["stage"], r["error_type"]) for r in rows] == [
+        ("a", "tag", "ValueError"), ("b", "caption", "RuntimeError")]
+    assert "bad batch" in rows[0]["message"]
+    (row, _) = list(convert((batch, KeyError("k"))))
+    assert row["error_type"] == "KeyError"
