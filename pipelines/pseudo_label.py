@@ -279,11 +279,18 @@ def run(argv: list[str] | None = None) -> int:
         print(f"pseudo_label: dry run: the {runner} job was built and not submitted", file=sys.stderr)
         return 0
 
+    metrics = {name: _counter(result, name)
+               for name in ("input_rows", "duplicates", "distinct_images", "already_done", "done_not_in_input")}
+    expected = (None if metrics["distinct_images"] is None
+                else metrics["distinct_images"] + (metrics["done_not_in_input"] or 0))
     counts = count_outputs(job.output)
-    for name in ("input_rows", "duplicates", "distinct_images", "already_done", "done_not_in_input"):
-        counts[name] = _counter(result, name)
+    removed = 0
+    if expected is None or counts["labeled"] + counts["failed"] > expected:
+        # More rows than images: a retried bundle committed some twice. Keep one of each.
+        removed = sinks.reconcile(job.output, {"labels": LABELS, "failures": FAILURES}, codec=job.compression)
+        counts = count_outputs(job.output)
+    counts.update(metrics, extra_copies_removed=removed)
     accounted = counts["labeled"] + counts["failed"]
-    expected = None if counts["distinct_images"] is None else counts["distinct_images"] + (counts["done_not_in_input"] or 0)
     consistent = expected is None or expected == accounted
     record.update(status="succeeded" if consistent else "inconsistent",
                   finished_at=datetime.now(timezone.utc).isoformat(),

@@ -109,3 +109,36 @@ def write_run_record(output: str, record: dict) -> str:
     path = storage.join(output, "run.json")
     storage.write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def reconcile(output: str, schemas: dict[str, VersionedSchema], *, codec: str = "zstd") -> int:
+    """Remove extra copies of an image from committed parts; returns how many rows went.
+
+    A runner that retries a bundle whose first attempt had already committed parts can
+    commit an image twice (differently composed parts, or a transient error that ended
+    differently). Labels win over failures; among copies, the part that sorts first wins.
+    Affected parts are rewritten without the extra rows. Reads only image_id columns.
+    """
+    import pyarrow as pa
+
+    from schemas.io import read_table
+
+    seen: set[str] = set()
+    drops: dict[tuple[str, str], list[int]] = {}
+    for table in ("labels", "failures"):
+        for part in list_parts(output, table):
+            ids = read_table(part, schemas[table], columns=["image_id"]).column("image_id").to_pylist()
+            for index, image_id in enumerate(ids):
+                if image_id in seen:
+                    drops.setdefault((table, part), []).append(index)
+                else:
+                    seen.add(image_id)
+    for (table, part), indexes in drops.items():
+        data = read_table(part, schemas[table])
+        keep = sorted(set(range(data.num_rows)) - set(indexes))
+        rows = data.take(pa.array(keep, type=pa.int64())).to_pylist()
+        if rows:
+            commit_part(output, table, schemas[table], rows, codec=codec)
+        if not rows or part_name(rows) != part.rsplit("/", 1)[-1]:
+            storage.remove(part)
+    return sum(len(v) for v in drops.values())

@@ -1,0 +1,43 @@
+from pipelines import sinks
+from schemas import FAILURES, LABELS, failure_row, labels_row, read_table
+
+
+def _label(image_id, text="a caption"):
+    return labels_row(image_id=image_id, source_uri=f"/{image_id}.jpg", sha256="0" * 64, width=1, height=1,
+                      captions=[{"text": text, "score": -1.0}], tags=[], captioner="tiny-random/blip",
+                      tagger=None, teacher_params={})
+
+
+def _failure(image_id):
+    return failure_row(image_id=image_id, source_uri=None, stage="read", error_type="OSError", message="flaky")
+
+
+def _ids(out, table, schema):
+    return sorted(read_table(f"{out}/{table}", schema, columns=["image_id"]).column("image_id").to_pylist())
+
+
+def test_commit_part_is_named_by_its_ids_and_leaves_no_temp_files(tmp_path):
+    out = str(tmp_path)
+    first = sinks.commit_part(out, "labels", LABELS, [_label("a"), _label("b")])
+    again = sinks.commit_part(out, "labels", LABELS, [_label("b"), _label("a")])  # a retried bundle
+    assert first == again and _ids(out, "labels", LABELS) == ["a", "b"]
+    assert not list(tmp_path.rglob(f"*{sinks.IN_PROGRESS}"))
+
+
+def test_reconcile_keeps_exactly_one_row_per_image(tmp_path):
+    out = str(tmp_path)
+    sinks.commit_part(out, "labels", LABELS, [_label("a"), _label("b")])
+    sinks.commit_part(out, "labels", LABELS, [_label("b"), _label("c")])  # b twice in labels
+    sinks.commit_part(out, "failures", FAILURES, [_failure("c"), _failure("d")])  # c labeled and failed
+    removed = sinks.reconcile(out, {"labels": LABELS, "failures": FAILURES})
+    assert removed == 2
+    assert _ids(out, "labels", LABELS) == ["a", "b", "c"]
+    assert _ids(out, "failures", FAILURES) == ["d"]
+    assert sinks.reconcile(out, {"labels": LABELS, "failures": FAILURES}) == 0
+
+
+def test_remove_in_progress(tmp_path):
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / f"part-x.parquet.1234{sinks.IN_PROGRESS}").write_bytes(b"half")
+    assert sinks.remove_in_progress(str(tmp_path), "labels") == 1
+    assert sinks.remove_in_progress(str(tmp_path), "failures") == 0
