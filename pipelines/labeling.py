@@ -26,6 +26,7 @@ from schemas import FAILURES, LABELS, failure_row, labels_row
 
 NAMESPACE = "pseudo_label"  # Beam metrics namespace of the job's counters
 FAILED = "failed"  # tag of the failures output of ReadAndDecode and MakeRow
+TABLES = {"labels": LABELS, "failures": FAILURES}  # the job's output tables, by folder name
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,7 @@ def read_done_ids(table_and_part: tuple[str, str]):
     from schemas import read_table
 
     table, part = table_and_part
-    schema = FAILURES if table == "failures" else LABELS
-    yield from read_table(part, schema, columns=["image_id"]).column("image_id").to_pylist()
+    yield from read_table(part, TABLES[table], columns=["image_id"]).column("image_id").to_pylist()
 
 
 class FirstNewRow(beam.DoFn):
@@ -233,7 +233,7 @@ def build(p: beam.Pipeline, job: LabelJob):
         | "AllFailures" >> beam.Flatten()
         | "CountFailed" >> beam.ParDo(progress.CountProgress("failed"))
     )
-    for name, pcoll, schema in (("labels", labels, LABELS), ("failures", failures, FAILURES)):
+    for name, pcoll in (("labels", labels), ("failures", failures)):
         pcoll | f"Commit{name.title()}" >> beam.ParDo(sinks.CommitParts(
-            job.output, name, schema, rows_per_part=job.rows_per_part, codec=job.compression))
+            job.output, name, TABLES[name], rows_per_part=job.rows_per_part, codec=job.compression))
     return labels, failures

@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
@@ -24,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import images, sinks, sources, storage
 from pipelines.handlers import HandlerOptions
-from pipelines.labeling import NAMESPACE, LabelJob, Teacher, build
+from pipelines.labeling import NAMESPACE, TABLES, LabelJob, Teacher, build
 from schemas import FAILURES, LABELS, count_rows, read_table
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,18 +98,18 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return ap.parse_known_args(argv)
 
 
-def _teacher(stage: str, spec: str, params, check: bool) -> Teacher | None:
+def _teacher(stage: str, spec: str, params) -> Teacher | None:
     from teachers import TeacherRef, describe
 
     if spec.lower() == "none":
         return None
     kind = "captioner" if stage == "caption" else "tagger"
-    provenance = describe(TeacherRef(kind, spec), check=check)
+    provenance = describe(TeacherRef(kind, spec))
     pinned = provenance if "@" in provenance and not TeacherRef(kind, spec).is_local_dir else spec
     return Teacher(stage=stage, spec=pinned, reference=spec, provenance=provenance, params=params)
 
 
-def make_job(args: argparse.Namespace, check_teachers: bool = True) -> LabelJob:
+def make_job(args: argparse.Namespace) -> LabelJob:
     """Validate flags and inputs into a LabelJob; raises UsageError with one clear line."""
     from teachers import CaptionParams, TagParams, TeacherUnavailable, load_vocab
     from teachers.common import DEVICES
@@ -129,8 +130,8 @@ def make_job(args: argparse.Namespace, check_teachers: bool = True) -> LabelJob:
                                        max_new_tokens=args.max_new_tokens, prompt=args.caption_prompt)
         tag_params = TagParams(threshold=args.tag_threshold, max_tags=args.max_tags, prompt=args.tag_prompt,
                                vocab=args.tag_vocab)
-        captioner = _teacher("caption", args.captioner, caption_params, check_teachers)
-        tagger = _teacher("tag", args.tagger, tag_params, check_teachers)
+        captioner = _teacher("caption", args.captioner, caption_params)
+        tagger = _teacher("tag", args.tagger, tag_params)
         if captioner is None and tagger is None:
             raise UsageError("--captioner none and --tagger none leave nothing to label")
         vocab = None
@@ -204,13 +205,9 @@ def count_outputs(output: str) -> dict:
     """Counts read back from the written files: what the run.json promises agrees with them."""
     labeled = count_rows(storage.join(output, "labels"), LABELS)
     failures = read_table(storage.join(output, "failures"), FAILURES, columns=["stage", "error_type"])
-    by_stage: dict[str, int] = {}
-    by_type: dict[str, int] = {}
-    for stage, etype in zip(failures.column("stage").to_pylist(), failures.column("error_type").to_pylist()):
-        by_stage[stage] = by_stage.get(stage, 0) + 1
-        by_type[etype] = by_type.get(etype, 0) + 1
-    return {"labeled": labeled, "failed": failures.num_rows, "failed_by_stage": by_stage,
-            "failed_by_error_type": by_type}
+    return {"labeled": labeled, "failed": failures.num_rows,
+            "failed_by_stage": dict(Counter(failures.column("stage").to_pylist())),
+            "failed_by_error_type": dict(Counter(failures.column("error_type").to_pylist()))}
 
 
 def _root_message(err: BaseException) -> str:
@@ -287,7 +284,7 @@ def run(argv: list[str] | None = None) -> int:
     removed = 0
     if expected is None or counts["labeled"] + counts["failed"] > expected:
         # More rows than images: a retried bundle committed some twice. Keep one of each.
-        removed = sinks.reconcile(job.output, {"labels": LABELS, "failures": FAILURES}, codec=job.compression)
+        removed = sinks.reconcile(job.output, TABLES, codec=job.compression)
         counts = count_outputs(job.output)
     counts.update(metrics, extra_copies_removed=removed)
     accounted = counts["labeled"] + counts["failed"]

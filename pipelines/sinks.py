@@ -69,8 +69,14 @@ def part_name(rows: list[dict]) -> str:
 
 
 def commit_part(output: str, table: str, schema: VersionedSchema, rows: list[dict], *, codec: str = "zstd") -> str:
-    """Write `rows` as one part file: temporary name first, then a rename. Returns its URL."""
-    data = schema.to_table(rows)  # validates every row against the schema
+    """Publish `rows` as one whole part file. Returns its URL.
+
+    Rows were validated where they were built (MakeRow, failure_row); Arrow still
+    enforces the column types here, so nothing malformed reaches a file.
+    """
+    import pyarrow as pa
+
+    data = pa.Table.from_pylist(rows, schema=schema.arrow)
     final = storage.join(output, f"{table}/{part_name(rows)}")
     fs, final_path = fsspec.core.url_to_fs(final)
     if storage.is_remote(final):

@@ -58,7 +58,7 @@ def _offline_hint(kind: str) -> str:
             f"(or gs:// / s3:// directory) holding the model")
 
 
-def describe(ref: TeacherRef, *, check: bool = True) -> str:
+def describe(ref: TeacherRef) -> str:
     """Provenance of a reference, resolved on the launching machine without loading weights.
 
     Hub ids are pinned to a commit (from the hub, else from the local cache); a hub id
@@ -70,9 +70,7 @@ def describe(ref: TeacherRef, *, check: bool = True) -> str:
     if ref.is_remote_dir:
         return ref.spec
     if ref.is_local_dir:
-        return _local_dir(ref) if check else os.path.abspath(os.path.expanduser(ref.spec))
-    if not check:
-        return ref.spec
+        return _local_dir(ref)
     return f"{ref.hub[0]}@{_pin_hub_revision(ref)}"
 
 
