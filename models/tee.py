@@ -1,0 +1,434 @@
+"""TEE: MiniVLM's two-stage efficient region feature extractor.
+
+    image -> letterbox (S x S) -> EfficientNet (timm, strides 8/16/32) -> BiFPN (P3..P7)
+          -> RPN (torchvision) -> RoIAlign 4x4 from the right level per box
+          -> slim box head -> class logits, box deltas, one feature vector per region
+          -> class-aware NMS -> the top `num_regions` regions (never fewer than `min_regions`)
+
+It replaces the baseline's ResNet-101 Faster R-CNN: the same two-stage recipe on a
+backbone and neck sized for speed. Detection pieces (anchors, RPN, proposal sampling,
+RoIAlign, box coder, Fast R-CNN loss, NMS) are torchvision's.
+
+A saved TEE is a directory with `config.json` + `model.safetensors`; its extractor id
+(a hash of both) is stamped on every feature row so a trainer can check the features
+it reads came from the TEE it holds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image
+
+from models.bifpn import BiFPN
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+LEVELS = ("p3", "p4", "p5", "p6", "p7")
+STRIDES = (8, 16, 32, 64, 128)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TEEConfig:
+    name: str = "tee-d0"
+    backbone: str = "efficientnet_b0"  # any timm model with features_only at strides 8/16/32
+    pretrained_backbone: bool = False  # ImageNet weights from the hub when building from scratch
+    image_size: int = 512  # square input side; a multiple of 128 (P7 has stride 128)
+    fpn_channels: int = 64
+    fpn_repeats: int = 3
+    anchor_scale: float = 4.0  # anchor side = anchor_scale * stride * octave
+    anchor_octaves: tuple[float, ...] = (1.0, 1.26, 1.59)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms: tuple[int, int] = (1000, 500)  # (train, test) per level
+    rpn_post_nms: tuple[int, int] = (1000, 300)  # (train, test) per image
+    rpn_nms_thresh: float = 0.7
+    rpn_batch_per_image: int = 256
+    roi_output_size: int = 4
+    roi_batch_per_image: int = 256
+    head_channels: int = 128
+    feature_dim: int = 512
+    classes: tuple[tuple[str, str], ...] = ()  # (label id, display name); index + 1 is the class index
+    num_regions: int = 50
+    min_regions: int = 10
+    score_thresh: float = 0.2  # regions above this are kept (up to num_regions)
+    nms_thresh: float = 0.3
+    candidate_thresh: float = 0.01  # (region, class) pairs below this never enter NMS
+
+    def __post_init__(self):
+        if self.image_size <= 0 or self.image_size % STRIDES[-1]:
+            raise ValueError(f"image_size must be a positive multiple of {STRIDES[-1]}, not {self.image_size}")
+        labels = [c[0] for c in self.classes]
+        if len(set(labels)) != len(labels):
+            raise ValueError("TEE class label ids must be unique")
+        if not 1 <= self.min_regions <= self.num_regions:
+            raise ValueError(f"need 1 <= min_regions <= num_regions, got {self.min_regions}, {self.num_regions}")
+        if self.feature_dim < 1 or self.head_channels < 1 or self.fpn_channels < 1:
+            raise ValueError("feature_dim, head_channels and fpn_channels must be >= 1")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TEEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TEE config keys: {', '.join(unknown)}")
+        tuples = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                  for k, v in data.items() if isinstance(v, list)}
+        return cls(**{**data, **tuples})
+
+
+class SlimBoxHead(nn.Module):
+    """RoI features (R, C, 4, 4) -> region feature (R, feature_dim).
+
+    A depthwise + pointwise conv widens channels cheaply before the one dense layer;
+    the dense layer's output is the region feature the student reads.
+    """
+
+    def __init__(self, in_channels: int, head_channels: int, roi_size: int, feature_dim: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False),
+            nn.Conv2d(in_channels, head_channels, 1, bias=False),
+            nn.GroupNorm(min(32, head_channels), head_channels),
+            nn.SiLU(),
+        )
+        self.fc = nn.Linear(head_channels * roi_size * roi_size, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc(self.conv(x).flatten(1)))
+
+
+class BoxPredictor(nn.Module):
+    """Region feature -> class logits (R, K+1) and class-specific box deltas (R, (K+1)*4)."""
+
+    def __init__(self, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(feature_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(feature_dim, (num_classes + 1) * 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+@dataclass
+class Regions:
+    """One image's regions; boxes normalised xyxy in the original image."""
+    boxes: np.ndarray  # (n, 4) float32
+    scores: np.ndarray  # (n,) float32
+    classes: np.ndarray  # (n,) int64, 1..K
+    labels: list[str]  # label ids
+    names: list[str]  # display names
+    features: np.ndarray  # (n, feature_dim) float32
+
+
+@dataclass
+class Batch:
+    """Images letterboxed into one (B, 3, S, S) tensor, with what maps boxes back."""
+    pixels: torch.Tensor  # (B, 3, S, S) normalised
+    sizes: list[tuple[int, int]]  # (h, w) of the image content inside the square
+    scales: list[float]  # letterboxed / original
+    originals: list[tuple[int, int]] = field(default_factory=list)  # (h, w) before letterboxing
+
+
+def letterbox(image: torch.Tensor, size: int, scale: float | None = None) -> tuple[torch.Tensor, float]:
+    """uint8/float (3, H, W) -> float (3, size, size) normalised, content at top-left; returns the scale.
+
+    `scale` defaults to the largest that fits; training passes a smaller one for scale jitter.
+    """
+    _, h, w = image.shape
+    if scale is None:
+        scale = size / max(h, w)
+    nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    x = image.float().unsqueeze(0) / 255.0
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    out = torch.zeros(3, size, size)  # zero after normalisation = the mean colour
+    out[:, :nh, :nw] = (x - mean) / std
+    return out, scale
+
+
+def to_chw(image) -> torch.Tensor:
+    """HWC uint8 numpy array (what the decoder returns) or CHW tensor -> CHW tensor."""
+    if isinstance(image, torch.Tensor):
+        return image
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+class TEE(nn.Module):
+    def __init__(self, config: TEEConfig):
+        super().__init__()
+        import timm
+
+        self.config = c = config
+        self.backbone = timm.create_model(c.backbone, features_only=True, out_indices=(2, 3, 4),
+                                          pretrained=c.pretrained_backbone)
+        if tuple(self.backbone.feature_info.reduction()) != STRIDES[:3]:
+            raise ValueError(f"backbone {c.backbone} must give strides 8/16/32, "
+                             f"gives {self.backbone.feature_info.reduction()}")
+        self.fpn = BiFPN(self.backbone.feature_info.channels(), c.fpn_channels, c.fpn_repeats)
+        sizes = tuple(tuple(c.anchor_scale * s * o for o in c.anchor_octaves) for s in STRIDES)
+        anchors = AnchorGenerator(sizes, (c.aspect_ratios,) * len(STRIDES))
+        self.rpn = RegionProposalNetwork(
+            anchors, RPNHead(c.fpn_channels, anchors.num_anchors_per_location()[0]),
+            fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=c.rpn_batch_per_image,
+            positive_fraction=0.5, pre_nms_top_n=dict(training=c.rpn_pre_nms[0], testing=c.rpn_pre_nms[1]),
+            post_nms_top_n=dict(training=c.rpn_post_nms[0], testing=c.rpn_post_nms[1]),
+            nms_thresh=c.rpn_nms_thresh)
+        # canonical_scale keeps the level mapping of a 224-px box at P4 relative to a 512 input
+        pool = MultiScaleRoIAlign(list(LEVELS), output_size=c.roi_output_size, sampling_ratio=2,
+                                  canonical_scale=max(1, round(224 * c.image_size / 512)), canonical_level=4)
+        self.roi_heads = RoIHeads(
+            pool, SlimBoxHead(c.fpn_channels, c.head_channels, c.roi_output_size, c.feature_dim),
+            BoxPredictor(c.feature_dim, c.num_classes),
+            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=c.roi_batch_per_image,
+            positive_fraction=0.25, bbox_reg_weights=None, score_thresh=c.candidate_thresh,
+            nms_thresh=c.nms_thresh, detections_per_img=c.num_regions)
+
+    # ---- pieces -------------------------------------------------------------------
+
+    def pyramid(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, S, S) -> {p3: (B, C, S/8, S/8), ..., p7: (B, C, S/128, S/128)}"""
+        return dict(zip(LEVELS, self.fpn(*self.backbone(pixels))))
+
+    def prepare(self, images: Sequence) -> Batch:
+        """HWC uint8 arrays or CHW tensors of any sizes -> one letterboxed batch."""
+        if len(images) == 0:
+            raise ValueError("prepare() needs at least one image")
+        out, sizes, scales, originals = [], [], [], []
+        for img in images:
+            chw = to_chw(img)
+            x, s = letterbox(chw, self.config.image_size)
+            h, w = chw.shape[1:]
+            out.append(x)
+            sizes.append((max(1, min(self.config.image_size, round(h * s))),
+                          max(1, min(self.config.image_size, round(w * s)))))
+            scales.append(s)
+            originals.append((h, w))
+        device = next(self.parameters()).device
+        return Batch(torch.stack(out).to(device), sizes, scales, originals)
+
+    def forward(self, pixels: torch.Tensor, sizes: list[tuple[int, int]],
+                targets: list[dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """Training step: letterboxed pixels + targets (boxes xyxy in letterboxed pixels, labels 1..K,
+        possibly none) -> the four detection losses."""
+        if targets is None or len(targets) != pixels.shape[0]:
+            raise ValueError("forward() trains: pass one target dict per image (use extract() for inference)")
+        feats = self.pyramid(pixels)
+        images = ImageList(pixels, list(sizes))
+        proposals, rpn_losses = self.rpn(images, feats, targets)
+        _, roi_losses = self.roi_heads(feats, proposals, images.image_sizes, targets)
+        return {**rpn_losses, **roi_losses}
+
+    @torch.inference_mode()
+    def detect(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
+        """Letterboxed batch -> per image regions in letterboxed pixels (boxes, scores, classes, features)."""
+        feats = self.pyramid(batch.pixels)
+        images = ImageList(batch.pixels, list(batch.sizes))
+        proposals, _ = self.rpn(images, feats)
+        heads = self.roi_heads
+        roi = heads.box_roi_pool(feats, proposals, images.image_sizes)  # (R_total, C, 4, 4)
+        region_feats = heads.box_head(roi)  # (R_total, D)
+        logits, deltas = heads.box_predictor(region_feats)
+        boxes = heads.box_coder.decode(deltas, proposals)  # (R_total, K+1, 4)
+        probs = F.softmax(logits, -1)
+        counts = [len(p) for p in proposals]
+        return [self._select(b, p, f, size) for b, p, f, size in
+                zip(boxes.split(counts), probs.split(counts), region_feats.split(counts), batch.sizes)]
+
+    def _select(self, boxes: torch.Tensor, probs: torch.Tensor, feats: torch.Tensor,
+                size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Class-aware NMS over (region, class) pairs; one box per region, its best surviving class.
+
+        boxes (R, K+1, 4), probs (R, K+1), feats (R, D). Regions that survive NMS for some class
+        above score_thresh come first; the rest (best raw class score) only fill up to min_regions.
+        """
+        c = self.config
+        r = boxes.shape[0]
+        boxes = clip_boxes_to_image(boxes[:, 1:], size)  # (R, K, 4), background dropped
+        probs = probs[:, 1:]  # (R, K)
+        ri, ki = torch.nonzero(probs > c.candidate_thresh, as_tuple=True)
+        keep = batched_nms(boxes[ri, ki], probs[ri, ki], ki, c.nms_thresh)
+        survived = torch.zeros_like(probs, dtype=torch.bool)
+        survived[ri[keep], ki[keep]] = True
+        best_kept, best_kept_cls = torch.where(survived, probs, -1.0).max(1)  # (R,)
+        best_raw, best_raw_cls = probs.max(1)
+        has = best_kept >= 0
+        cls = torch.where(has, best_kept_cls, best_raw_cls)
+        rank = torch.where(has, best_kept, best_raw - 1.0)  # survivors sort above the rest
+        confident = int((has & (best_kept >= c.score_thresh)).sum())
+        n = min(r, max(c.min_regions, min(confident, c.num_regions)))
+        order = rank.argsort(descending=True)[:n]
+        chosen = cls[order]
+        return {"boxes": boxes[order, chosen], "scores": probs[order, chosen],
+                "classes": chosen + 1, "features": feats[order]}
+
+    def extract(self, images: Sequence) -> list[Regions]:
+        """HWC uint8 images (any sizes) -> Regions per image, boxes normalised in the original image."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch = self.prepare(images)
+            found = self.detect(batch)
+        finally:
+            self.train(was_training)
+        out = []
+        for det, scale, (h, w) in zip(found, batch.scales, batch.originals):
+            boxes = det["boxes"].float().cpu() / scale
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w) / w
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h) / h
+            classes = det["classes"].cpu().numpy().astype(np.int64)
+            out.append(Regions(
+                boxes=boxes.numpy().astype(np.float32), scores=det["scores"].float().cpu().numpy(),
+                classes=classes, labels=[self.config.classes[k - 1][0] for k in classes],
+                names=[self.config.classes[k - 1][1] for k in classes],
+                features=det["features"].float().cpu().numpy()))
+        return out
+
+    # ---- identity and persistence -------------------------------------------------
+
+    def extractor_id(self) -> str:
+        """sha256 of the config and every weight: equal ids mean equal features for equal pixels."""
+        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        for name, t in sorted(self.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return f"{self.config.name}-{h.hexdigest()[:16]}"
+
+    def save_pretrained(self, directory: str) -> str:
+        """Write config.json + model.safetensors (local or fsspec URL); returns the extractor id."""
+        import fsspec
+        from safetensors.torch import save
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        eid = self.extractor_id()
+        fs, root = fsspec.core.url_to_fs(directory)
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(f"{root}/{WEIGHTS_NAME}", "wb") as f:
+            f.write(save(state, metadata={"format": "pt", "extractor_id": eid}))
+        with fs.open(f"{root}/{CONFIG_NAME}", "w") as f:
+            json.dump({**self.config.to_dict(), "extractor_id": eid}, f, indent=2)
+        return eid
+
+    @classmethod
+    def from_pretrained(cls, directory: str, map_location: str = "cpu") -> "TEE":
+        """Load from a directory (local, gs://, s3://) written by save_pretrained."""
+        import fsspec
+        from safetensors.torch import load
+
+        fs, root = fsspec.core.url_to_fs(directory)
+        try:
+            with fs.open(f"{root}/{CONFIG_NAME}", "r") as f:
+                data = json.load(f)
+            with fs.open(f"{root}/{WEIGHTS_NAME}", "rb") as f:
+                state = load(f.read())
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{directory} is not a saved TEE (needs {CONFIG_NAME} and {WEIGHTS_NAME})") from e
+        data.pop("extractor_id", None)
+        config = replace(TEEConfig.from_dict(data), pretrained_backbone=False)  # weights come from the file
+        model = cls(config)
+        model.load_state_dict(state, strict=True)
+        return model.to(map_location).eval()
+
+
+# ---- registry: configs as data, one build path ------------------------------------
+# Registered configs carry no classes: those come from the dataset a TEE is trained on.
+
+_CONFIGS: dict[str, TEEConfig] = {}
+
+
+def register_tee(config: TEEConfig) -> TEEConfig:
+    if config.name in _CONFIGS:
+        raise ValueError(f"TEE config {config.name!r} is already registered")
+    _CONFIGS[config.name] = config
+    return config
+
+
+def list_tees() -> list[str]:
+    return sorted(_CONFIGS)
+
+
+def tee_config(name: str, **overrides) -> TEEConfig:
+    if name not in _CONFIGS:
+        raise ValueError(f"unknown TEE config {name!r}; registered: {', '.join(list_tees())}")
+    return replace(_CONFIGS[name], **overrides)
+
+
+def build_tee(name: str, *, classes=None, seed: int | None = 0, **overrides) -> TEE:
+    """A freshly initialised TEE of a registered config (seeded: the same seed gives the same weights).
+
+    `classes` ((label id, name) pairs) default to the bundled tag vocabulary.
+    """
+    config = tee_config(name, classes=tuple(map(tuple, classes or default_classes())), **overrides)
+    if seed is None:
+        return TEE(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TEE(config)
+
+
+def default_classes() -> tuple[tuple[str, str], ...]:
+    """The bundled tag vocabulary: the classes of a TEE that was not trained on a dataset."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "teachers", "vocab", "default_tags.csv")
+    from teachers.tagger import load_vocab
+
+    return tuple(load_vocab(path))  # the same vocabulary the tagger teacher uses by default
+
+
+# EfficientDet-D0-sized: the product's TEE (input 512, B0, BiFPN 64 x 3).
+register_tee(TEEConfig(name="tee-d0"))
+# Small enough for tests and CPU learning checks; the same code paths.
+register_tee(TEEConfig(name="tee-tiny", backbone="tinynet_e", image_size=128, fpn_channels=32, fpn_repeats=1,
+                       anchor_octaves=(1.0, 1.5), rpn_pre_nms=(300, 200), rpn_post_nms=(200, 100),
+                       rpn_batch_per_image=128, roi_batch_per_image=64, head_channels=32, feature_dim=64,
+                       num_regions=20))
+
+
+def load_tee(ref: str, *, cache_dir: str | None = None, map_location: str = "cpu") -> tuple[TEE, str]:
+    """A TEE by reference -> (model in eval mode, provenance).
+
+    `tiny` (or `tiny:<registered name>`) is a seeded random TEE, saved to the cache and
+    loaded back through from_pretrained like any other (provenance `tiny-random/<name>`);
+    anything else is a directory written by save_pretrained: local, gs:// or s3://.
+    """
+    if ref == "tiny" or ref.startswith("tiny:"):
+        name = ref.partition(":")[2] or "tee-tiny"
+        root = cache_dir or os.environ.get("MINIVLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                             "minivlm")
+        directory = os.path.join(root, "tee", f"{name}-seed0")
+        if not os.path.exists(os.path.join(directory, WEIGHTS_NAME)):
+            tmp = f"{directory}.tmp-{os.getpid()}"
+            build_tee(name, seed=0).save_pretrained(tmp)
+            os.makedirs(os.path.dirname(directory), exist_ok=True)
+            try:
+                os.replace(tmp, directory)
+            except OSError:  # another process published it first
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+        return TEE.from_pretrained(directory, map_location), f"tiny-random/{name}"
+    return TEE.from_pretrained(ref, map_location), ref
