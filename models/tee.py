@@ -149,9 +149,11 @@ class Batch:
     originals: list[tuple[int, int]] = field(default_factory=list)  # (h, w) before letterboxing
 
 
-def letterbox(image: torch.Tensor, size: int, scale: float | None = None) -> tuple[torch.Tensor, float]:
-    """uint8/float (3, H, W) -> float (3, size, size) normalised, content at top-left; returns the scale.
+def letterbox(image: torch.Tensor, size: int, scale: float | None = None
+              ) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """uint8 (3, H, W) -> float (3, size, size) normalised, content at top-left.
 
+    Returns (pixels, scale, (h, w) of the content inside the square).
     `scale` defaults to the largest that fits; training passes a smaller one for scale jitter.
     """
     _, h, w = image.shape
@@ -164,7 +166,7 @@ def letterbox(image: torch.Tensor, size: int, scale: float | None = None) -> tup
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     out = torch.zeros(3, size, size)  # zero after normalisation = the mean colour
     out[:, :nh, :nw] = (x - mean) / std
-    return out, scale
+    return out, scale, (nh, nw)
 
 
 def to_chw(image) -> torch.Tensor:
@@ -220,13 +222,11 @@ class TEE(nn.Module):
         out, sizes, scales, originals = [], [], [], []
         for img in images:
             chw = to_chw(img)
-            x, s = letterbox(chw, self.config.image_size)
-            h, w = chw.shape[1:]
+            x, s, content = letterbox(chw, self.config.image_size)
             out.append(x)
-            sizes.append((max(1, min(self.config.image_size, round(h * s))),
-                          max(1, min(self.config.image_size, round(w * s)))))
+            sizes.append(content)
             scales.append(s)
-            originals.append((h, w))
+            originals.append(tuple(chw.shape[1:]))
         device = next(self.parameters()).device
         return Batch(torch.stack(out).to(device), sizes, scales, originals)
 

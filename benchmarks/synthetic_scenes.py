@@ -1,0 +1,293 @@
+"""Synthetic detection scenes written in Open Images formats, with templated captions.
+
+    python -m benchmarks.synthetic_scenes --output DIR --num-images N [--size S] [--seed K]
+        [--subset NAME] [--prefix P]
+
+Coloured shapes (circle, square, triangle, star) on textured backgrounds: a data set
+whose right answers are known exactly, small enough to train and score the detector and
+the captioner on one machine, and written in the same files as the real thing (image
+manifest, box CSV, class list, COCO captions) so it goes through the same readers.
+
+Backgrounds are low-contrast gradients, stripes or checkers plus noise, so "anything not
+background is an object" does not solve the task; every shape gets a palette colour that
+stands out from the background under it. Shapes never touch each other and their boxes
+overlap little (IoU < 0.3), so each box is the exact, fully visible extent of its shape.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import hashlib
+import io
+import json
+import math
+import zlib
+
+import fsspec
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipelines import storage
+from pipelines.sources import OPENIMAGES_COLUMNS
+
+SHAPES = ("circle", "square", "triangle", "star")
+LABEL_PREFIX = "/synth/"
+# Every colour has a 0 or 255 channel and backgrounds stay inside [16, 239], so a pixel of
+# exactly an object's colour can only be that object (tests rely on it).
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 170, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "purple": (128, 0, 128),
+    "orange": (255, 140, 0),
+}
+BACKGROUND_RANGE = (16, 239)
+MIN_CONTRAST = 100.0  # RGB distance between a shape's colour and every background pixel under it
+MAX_BOX_IOU = 0.3
+SIZE_RANGE = (0.15, 0.45)  # shape extent as a fraction of the image side
+PLACEMENT_TRIES = 50
+MIN_IMAGE_SIZE = 32
+BOX_COLUMNS = ("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,"
+               "IsGroupOf,IsDepiction,IsInside").split(",")
+LICENSE = "https://creativecommons.org/publicdomain/zero/1.0/"
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float: two close colours as a gradient, stripes or checker, plus noise."""
+    c1 = rng.uniform(40, 215, 3)
+    c2 = np.clip(c1 + rng.uniform(-40, 40, 3), 0, 255)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    angle = rng.uniform(0, math.pi)
+    along = xx * math.cos(angle) + yy * math.sin(angle)
+    kind = rng.integers(3)
+    if kind == 0:
+        t = (along - along.min()) / max(np.ptp(along), 1e-9)
+    elif kind == 1:
+        period = rng.uniform(0.05, 0.2) * size
+        t = (np.floor(along / (period / 2)) % 2).astype(np.float64)
+    else:
+        cell = max(2, int(rng.uniform(0.04, 0.15) * size))
+        t = ((xx // cell + yy // cell) % 2).astype(np.float64)
+    img = c1 + t[..., None] * (c2 - c1) + rng.normal(0, 6, (size, size, 3))
+    return np.clip(img, *BACKGROUND_RANGE)
+
+
+def _polygon(center: tuple[float, float], radii: list[float], angle: float) -> list[tuple[float, float]]:
+    n = len(radii)
+    return [(center[0] + r * math.cos(angle + 2 * math.pi * k / n),
+             center[1] + r * math.sin(angle + 2 * math.pi * k / n)) for k, r in enumerate(radii)]
+
+
+def _shape_mask(kind: str, size: int, center: tuple[float, float], extent: float, angle: float) -> np.ndarray:
+    """Boolean mask of one shape whose extent (diameter) is `extent` pixels."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    r = extent / 2
+    cx, cy = center
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif kind == "square":
+        # Mostly upright: a square turned 45 degrees would read as a diamond.
+        draw.polygon(_polygon(center, [r] * 4, math.pi / 4 + angle * math.pi / 9), fill=255)
+    elif kind == "triangle":
+        draw.polygon(_polygon(center, [r] * 3, angle * math.pi), fill=255)
+    elif kind == "star":
+        draw.polygon(_polygon(center, [r, r * 0.45] * 5, angle * math.pi), fill=255)
+    else:
+        raise ValueError(f"unknown shape {kind!r}; known: {', '.join(SHAPES)}")
+    return np.asarray(mask) > 0
+
+
+def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def make_scene(rng: np.random.Generator, size: int, max_objects: int = 3, empty_fraction: float = 0.1
+               ) -> tuple[Image.Image, list[dict]]:
+    """An RGB size x size scene and its objects: dicts with label, name, color and
+    box = (xmin, ymin, xmax, ymax), normalized, the tight box of the drawn pixels.
+
+    A fraction `empty_fraction` of scenes has no objects (negative samples); the rest
+    have 1..max_objects, fewer when a shape finds no free, contrasting place.
+    """
+    if size < MIN_IMAGE_SIZE:
+        raise ValueError(f"size must be at least {MIN_IMAGE_SIZE} pixels, not {size}")
+    if max_objects < 0:
+        raise ValueError(f"max_objects must be >= 0, not {max_objects}")
+    if not 0.0 <= empty_fraction <= 1.0:
+        raise ValueError(f"empty_fraction must be in [0, 1], not {empty_fraction}")
+    pixels = _background(rng, size)
+    objects: list[dict] = []
+    if max_objects == 0 or rng.random() < empty_fraction:
+        return Image.fromarray(pixels.astype(np.uint8), "RGB"), objects
+    occupied = np.zeros((size, size), bool)
+    colors = np.array(list(PALETTE.values()), np.float64)
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _ in range(PLACEMENT_TRIES):
+            kind = SHAPES[int(rng.integers(len(SHAPES)))]
+            extent = rng.uniform(*SIZE_RANGE) * size
+            center = (rng.uniform(extent / 2, size - extent / 2), rng.uniform(extent / 2, size - extent / 2))
+            mask = _shape_mask(kind, size, center, extent, rng.uniform(-1, 1))
+            bbox = Image.fromarray(mask).getbbox()  # right/lower exclusive: pixel-edge coordinates
+            if bbox is None or (mask & occupied).any():
+                continue
+            box = tuple(v / size for v in bbox)
+            if any(_box_iou(box, o["box"]) >= MAX_BOX_IOU for o in objects):
+                continue
+            under = pixels[mask]
+            contrast = np.linalg.norm(under[None, :, :] - colors[:, None, :], axis=2).min(axis=1)
+            usable = np.flatnonzero(contrast >= MIN_CONTRAST)
+            if usable.size == 0:
+                continue
+            name = list(PALETTE)[int(rng.choice(usable))]
+            pixels[mask] = PALETTE[name]
+            occupied |= mask
+            objects.append({"label": LABEL_PREFIX + kind, "name": kind, "color": name, "box": box})
+            break
+    return Image.fromarray(pixels.astype(np.uint8), "RGB"), objects
+
+
+def _phrase(obj: dict) -> str:
+    article = "an" if obj["color"][0] in "aeiou" else "a"
+    return f"{article} {obj['color']} {obj['name']}"
+
+
+def _relation(a: dict, b: dict) -> str:
+    """Where a is relative to b; b is never left of a (objects are taken left to right)."""
+    ax, ay = (a["box"][0] + a["box"][2]) / 2, (a["box"][1] + a["box"][3]) / 2
+    bx, by = (b["box"][0] + b["box"][2]) / 2, (b["box"][1] + b["box"][3]) / 2
+    if bx - ax >= abs(by - ay):
+        return "left of"
+    return "above" if by > ay else "below"  # image y grows downwards
+
+
+def caption_for(objects: list[dict]) -> str:
+    """A templated caption: "an empty scene", "a green star", "a red circle left of a blue
+    square", "a red circle left of a blue square, which is above an orange star".
+
+    Objects are described left to right (ties: top to bottom), each one relative to the
+    one before, from their box centres.
+    """
+    if not objects:
+        return "an empty scene"
+    ordered = sorted(objects, key=lambda o: ((o["box"][0] + o["box"][2]) / 2, (o["box"][1] + o["box"][3]) / 2))
+    text = _phrase(ordered[0])
+    for i, (a, b) in enumerate(zip(ordered, ordered[1:])):
+        text += (" " if i == 0 else ", which is ") + f"{_relation(a, b)} {_phrase(b)}"
+    return text
+
+
+def _image_ids(rng: np.random.Generator, n: int) -> list[str]:
+    ids: set[str] = set()
+    while len(ids) < n:
+        ids.add(rng.bytes(8).hex())
+    return sorted(ids)  # the streaming box join needs every file sorted by ImageID
+
+
+def _writer(f) -> csv.writer:
+    return csv.writer(f, lineterminator="\n")  # Open Images files end lines with \n
+
+
+def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: str,
+           max_objects: int, empty_fraction: float) -> tuple[dict[str, str], dict[str, int]]:
+    if n < 1:
+        raise ValueError(f"number of images must be positive, not {n}")
+    names = {"images_csv": f"{prefix}images.csv", "boxes_csv": f"{prefix}boxes.csv",
+             "classes_csv": f"{prefix}classes.csv", "captions_json": f"{prefix}captions.json"}
+    paths = {"images_dir": storage.join(out_dir, "images"),
+             **{k: storage.join(out_dir, v) for k, v in names.items()}}
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    fs.makedirs(storage.join(root, "images"), exist_ok=True)
+    # The subset is mixed into the seed so that train and validation written with one seed
+    # into one folder do not share ImageIDs (and overwrite each other's images).
+    stream = [seed, zlib.crc32(subset.encode("utf-8"))]
+    ids = _image_ids(np.random.default_rng(stream), n)
+    counts = {"images": n, "empty": 0, "boxes": 0}
+    coco_images, coco_captions = [], []
+    with fs.open(storage.join(root, names["classes_csv"]), "w", newline="") as f:
+        w = _writer(f)
+        w.writerow(["LabelName", "DisplayName"])
+        w.writerows([LABEL_PREFIX + s, s] for s in SHAPES)
+    with fs.open(storage.join(root, names["images_csv"]), "w", newline="") as fi, \
+            fs.open(storage.join(root, names["boxes_csv"]), "w", newline="") as fb:
+        images_csv, boxes_csv = _writer(fi), _writer(fb)
+        images_csv.writerow(OPENIMAGES_COLUMNS)
+        boxes_csv.writerow(BOX_COLUMNS)
+        for i, image_id in enumerate(ids):
+            # One generator per image: scene i does not depend on how scenes before it drew.
+            image, objects = make_scene(np.random.default_rng([*stream, i]), size, max_objects, empty_fraction)
+            buf = io.BytesIO()
+            image.save(buf, "JPEG", quality=95)
+            data = buf.getvalue()
+            with fs.open(storage.join(root, f"images/{image_id}.jpg"), "wb") as f:
+                f.write(data)
+            caption = caption_for(objects)
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+            rec = {"ImageID": image_id, "Subset": subset, "License": LICENSE, "Author": "synthetic",
+                   "Title": caption, "OriginalSize": str(len(data)), "OriginalMD5": md5}
+            images_csv.writerow([rec.get(c, "") for c in OPENIMAGES_COLUMNS])
+            for o in objects:
+                xmin, ymin, xmax, ymax = o["box"]
+                boxes_csv.writerow([image_id, "synthetic", o["label"], 1,
+                                    repr(xmin), repr(xmax), repr(ymin), repr(ymax), 0, 0, 0, 0, 0])
+            counts["boxes"] += len(objects)
+            counts["empty"] += not objects
+            coco_images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": size, "height": size,
+                                "objects": [{**o, "box": list(o["box"])} for o in objects]})
+            coco_captions.append({"id": i + 1, "image_id": image_id, "caption": caption})
+    coco = {"info": {"description": "synthetic shapes", "seed": seed, "subset": subset},
+            "images": coco_images, "annotations": coco_captions}
+    with fs.open(storage.join(root, names["captions_json"]), "w") as f:
+        json.dump(coco, f, indent=1)
+    return paths, counts
+
+
+def write_dataset(out_dir: str, n: int, *, seed: int, size: int, subset: str = "train", prefix: str = "",
+                  max_objects: int = 3, empty_fraction: float = 0.1) -> dict[str, str]:
+    """Write n scenes to out_dir (any fsspec URL); returns the paths written.
+
+    Layout: images/<ImageID>.jpg (JPEG quality 95) and <prefix>images.csv (Open Images
+    image manifest), <prefix>boxes.csv (Open Images boxes), <prefix>classes.csv
+    (LabelName,DisplayName), <prefix>captions.json (COCO captions; each image also lists
+    its objects with colours). `prefix` lets several subsets share one folder and image
+    root, like Open Images' train-/validation- files. ImageIDs are 16 hex digits and every
+    file is in ImageID order. The same seed and subset give byte-identical files.
+    """
+    paths, _ = _write(out_dir, n, seed=seed, size=size, subset=subset, prefix=prefix,
+                      max_objects=max_objects, empty_fraction=empty_fraction)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--output", required=True, help="folder or fsspec URL to write into")
+    ap.add_argument("--num-images", type=int, required=True)
+    ap.add_argument("--size", type=int, default=128, help="image side in pixels")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--subset", default="train", help="the Subset column, e.g. train or validation")
+    ap.add_argument("--prefix", default="", help="file name prefix for the CSVs and captions, e.g. 'validation-'")
+    ap.add_argument("--max-objects", type=int, default=3)
+    ap.add_argument("--empty-fraction", type=float, default=0.1)
+    args = ap.parse_args(argv)
+    try:
+        paths, counts = _write(args.output, args.num_images, seed=args.seed, size=args.size, subset=args.subset,
+                               prefix=args.prefix, max_objects=args.max_objects,
+                               empty_fraction=args.empty_fraction)
+    except ValueError as e:
+        ap.error(str(e))
+    print(f"wrote {counts['images']} images ({counts['empty']} empty), {counts['boxes']} boxes, "
+          f"{args.size}x{args.size}, subset {args.subset!r}, seed {args.seed}:")
+    for key, path in paths.items():
+        print(f"  {key:14s} {path}")
+
+
+if __name__ == "__main__":
+    main()
