@@ -1,0 +1,437 @@
+"""The training loop every trainer here shares (TEE detection, student pre-training, fine-tuning).
+
+What it gives a trainer:
+- one process or many (`torchrun` sets RANK / WORLD_SIZE / LOCAL_RANK; DDP on gloo or nccl);
+- AdamW or SGD, linear warmup then cosine decay, gradient clipping;
+- checkpoints with the full state (model, optimizer, schedule, step, RNG states) every
+  N steps, written whole, and an exact `--resume`: a run stopped and resumed ends with
+  the same weights as one that never stopped;
+- tqdm progress on rank 0 and metrics as JSON lines in OUTPUT/metrics.jsonl.
+
+Exact resume needs a data stream that can restart at a batch without replaying it:
+a `ResumableStream` (below) is an IterableDataset that is a pure function of
+(seed, epoch, position), so the loop only records how many batches it consumed.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipelines import storage
+
+log = logging.getLogger(__name__)
+STATE_NAME = "state.pt"
+LATEST = "latest"  # text file naming the newest complete checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output: str
+    max_steps: int
+    batch_size: int = 8  # per process
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd only
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    min_lr_ratio: float = 0.05  # cosine ends at lr * min_lr_ratio
+    grad_clip: float = 10.0  # max global grad norm; 0 turns clipping off
+    log_every: int = 10
+    checkpoint_every: int = 500
+    eval_every: int = 0  # 0: only at the end (when an evaluator is given)
+    keep_checkpoints: int = 2
+    seed: int = 0
+    num_workers: int = 0  # DataLoader workers per process
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "num_workers", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, not {self.lr}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"--schedule must be cosine or constant, not {self.schedule!r}")
+
+
+# ---- distributed -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Dist:
+    """Read torchrun's environment; start the process group when there is more than one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return Dist(rank=rank, world=world, local_rank=local)
+
+
+def pick_train_device(requested: str, dist: Dist) -> str:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and dist.world > 1:
+        requested = f"cuda:{dist.local_rank}"  # one GPU per process
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: CUDA is not available here")
+        torch.cuda.set_device(torch.device(requested))
+    return requested
+
+
+# ---- data ----------------------------------------------------------------------------
+
+class ResumableStream(IterableDataset):
+    """An endless, deterministic stream of training samples, split over ranks and workers.
+
+    Subclasses implement `items(epoch)` (cheap descriptions of samples, e.g. a path and
+    its boxes, in an order that depends only on the seed and the epoch) and
+    `load(item, rng)` (the expensive part: read, decode, augment). Sample i of the
+    concatenated epochs belongs to reader slot i % readers, where readers = world size x
+    DataLoader workers: no two readers see the same sample, and with fewer files than
+    readers the split is by rows. The stream never ends, so every rank runs exactly
+    the same number of steps (the trainer stops at --max-steps); epochs are counted, not
+    waited for.
+
+    `start_batch` makes the stream begin where a checkpoint left it: each reader skips
+    its share of the consumed batches as items, before `load`, so resuming costs a scan
+    of descriptions, not of images.
+    """
+
+    def __init__(self, *, seed: int, batch_size: int, rank: int = 0, world: int = 1):
+        super().__init__()
+        self.seed, self.batch_size, self.rank, self.world = seed, batch_size, rank, world
+        self.start_batch = 0
+
+    def items(self, epoch: int) -> Iterator:
+        raise NotImplementedError
+
+    def load(self, item, rng: np.random.Generator):
+        raise NotImplementedError
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        readers, slot = self.world * workers, self.rank * workers + worker
+        # DataLoader takes batch k from worker k % workers: this worker made
+        # len(range(worker, start_batch, workers)) of the batches already consumed.
+        skip = len(range(worker, self.start_batch, workers)) * self.batch_size
+        epoch = 0
+        while True:
+            count = 0
+            for i, item in enumerate(self.items(epoch)):
+                count += 1
+                if i % readers != slot:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                rng = np.random.default_rng((self.seed, epoch, i))
+                sample = self.load(item, rng)
+                if sample is not None:  # an unreadable sample is skipped (load logs why)
+                    yield sample
+            if count < readers:
+                raise ValueError(f"the training data has {count} samples, fewer than the {readers} readers "
+                                 f"(processes x --num-workers); add data or use fewer readers")
+            epoch += 1
+
+
+def shuffled(items: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
+    """Streaming shuffle: a reservoir of `buffer_size` items, memory flat in the stream length."""
+    buf: list = []
+    for item in items:
+        if len(buf) < buffer_size:
+            buf.append(item)
+            continue
+        j = rng.randrange(buffer_size)
+        yield buf[j]
+        buf[j] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+# ---- the loop -----------------------------------------------------------------------
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        span = max(1, cfg.max_steps - cfg.warmup_steps)
+        t = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases and fusion weights (1-d parameters)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(output: str) -> str | None:
+    """URL of the newest complete checkpoint under OUTPUT/checkpoints, or None."""
+    pointer = storage.join(output, f"checkpoints/{LATEST}")
+    if not storage.exists(pointer):
+        return None
+    name = storage.read_text(pointer).strip()
+    path = storage.join(output, f"checkpoints/{name}")
+    return path if storage.exists(storage.join(path, STATE_NAME)) else None
+
+
+class Trainer:
+    """Runs `loss_fn(model, batch) -> {name: loss}` (summed for the gradient) for cfg.max_steps.
+
+    save_model(model, directory) writes the trained model in its own format (e.g.
+    save_pretrained) at every checkpoint and at the end, in OUTPUT/model.
+    evaluate(model) -> {metric: value} runs on rank 0 every eval_every steps and at the end.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, stream: ResumableStream, collate: Callable,
+                 loss_fn: Callable, save_model: Callable, evaluate: Callable | None = None,
+                 run_info: dict | None = None):
+        self.cfg, self.stream, self.collate = cfg, stream, collate
+        self.loss_fn, self.save_model, self.evaluate = loss_fn, save_model, evaluate
+        self.run_info = run_info or {}
+        self.dist = init_distributed(cfg.device if cfg.device != "auto" else
+                                     ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_train_device(cfg.device, self.dist)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        self.model = model.to(self.device)
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=None if self.device == "cpu"
+                                                               else [torch.device(self.device)])
+                    if self.dist.world > 1 else None)
+        groups = _param_groups(self.model, cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+        self.step = 0
+
+    # ---- state ----
+
+    def _checkpoint(self) -> None:
+        if not self.dist.main:
+            return
+        name = f"step-{self.step:08d}"
+        path = storage.join(self.cfg.output, f"checkpoints/{name}")
+        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "config": asdict(self.cfg),
+                 "world": self.dist.world}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        _write_bytes(storage.join(path, STATE_NAME), buf.getvalue())
+        # The pointer moves only once the state is whole: a kill mid-write leaves the old one.
+        storage.write_text(storage.join(self.cfg.output, f"checkpoints/{LATEST}"), name)
+        self.save_model(self.model, storage.join(self.cfg.output, "model"))
+        self._prune(keep=name)
+
+    def _prune(self, keep: str) -> None:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(storage.join(self.cfg.output, "checkpoints"))
+        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+        steps = [n for n in names if n.startswith("step-") and n != keep]
+        for old in steps[: max(0, len(steps) - (self.cfg.keep_checkpoints - 1))]:
+            fs.rm(f"{root}/{old}", recursive=True)
+
+    def _restore(self) -> None:
+        path = latest_checkpoint(self.cfg.output)
+        if path is None:
+            raise ValueError(f"--resume: no checkpoint under {self.cfg.output}/checkpoints")
+        state = torch.load(io.BytesIO(storage.read_bytes(storage.join(path, STATE_NAME))),
+                           map_location="cpu", weights_only=False)
+        if state.get("world", 1) != self.dist.world:
+            raise ValueError(f"--resume: the checkpoint was written by {state.get('world', 1)} processes, "
+                             f"this run has {self.dist.world}; the data split would differ")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        _set_rng_state(state["rng"])
+        self._truncate_metrics()
+        if self.dist.main:
+            log.warning("resumed from %s at step %d", path, self.step)
+
+    def _truncate_metrics(self) -> None:
+        """Metrics logged after the checkpoint will be logged again: drop them."""
+        path = storage.join(self.cfg.output, "metrics.jsonl")
+        if not self.dist.main or not storage.exists(path):
+            return
+        lines = [ln for ln in storage.read_text(path).splitlines()
+                 if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        storage.write_text(path, "".join(ln + "\n" for ln in lines))
+
+    def _log(self, row: dict) -> None:
+        if not self.dist.main:
+            return
+        import fsspec
+
+        with fsspec.open(storage.join(self.cfg.output, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # ---- loop ----
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if cfg.resume:
+            self._restore()
+        elif latest_checkpoint(cfg.output) is not None:
+            raise ValueError(f"{cfg.output} already holds checkpoints: pass --resume to continue, "
+                             "or choose another --output")
+        elif self.dist.main and storage.exists(storage.join(cfg.output, "metrics.jsonl")):
+            storage.remove(storage.join(cfg.output, "metrics.jsonl"))  # a run killed before its first checkpoint
+        if self.dist.main:
+            storage.write_text(storage.join(cfg.output, "train_config.json"),
+                               json.dumps({"train": asdict(cfg), **self.run_info}, indent=2, default=str))
+        self.stream.start_batch = self.step
+        loader = DataLoader(self.stream, batch_size=cfg.batch_size, collate_fn=self.collate,
+                            num_workers=cfg.num_workers, persistent_workers=False,
+                            # its own generator: building the loader must not move the global RNG,
+                            # or a resumed run would diverge from an uninterrupted one
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        bar = None
+        if cfg.progress and self.dist.main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        net = self.ddp if self.ddp is not None else self.model
+        net.train()
+        last: dict = {}
+        window = {"t0": time.monotonic(), "samples": 0}
+        batches = iter(loader)
+        while self.step < cfg.max_steps:
+            batch = next(batches)
+            losses = self.loss_fn(net, _to_device(batch, self.device))
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"non-finite loss at step {self.step}: "
+                                         f"{ {k: float(v) for k, v in losses.items()} }")
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                         if cfg.grad_clip else None)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            window["samples"] += _batch_len(batch)
+            last = {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                dt = max(time.monotonic() - window["t0"], 1e-9)
+                self._log({"step": self.step, "split": "train", "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": None if grad_norm is None else float(grad_norm),
+                           "samples_per_s": round(window["samples"] * self.dist.world / dt, 3), **last})
+                window = {"t0": time.monotonic(), "samples": 0}
+            if self.evaluate and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                self._run_eval()
+            if self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+                self._checkpoint()
+        if bar is not None:
+            bar.close()
+        result = {"step": self.step, **last}
+        if self.evaluate:
+            result.update(self._run_eval())
+        self._checkpoint()
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+        return result
+
+    def _run_eval(self) -> dict:
+        metrics: dict = {}
+        if self.dist.main:
+            self.model.eval()
+            metrics = self.evaluate(self.model)
+            self.model.train()
+            self._log({"step": self.step, "split": "val", **metrics})
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+        return metrics
+
+
+def _write_bytes(url: str, data: bytes) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    if storage.is_remote(url):
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _to_device(batch, device: str):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _batch_len(batch) -> int:
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()))
+    if isinstance(batch, (list, tuple)):
+        return _batch_len(batch[0]) if batch and isinstance(batch[0], (torch.Tensor, list, tuple)) else len(batch)
+    return int(batch.shape[0]) if isinstance(batch, torch.Tensor) else 1
