@@ -184,6 +184,8 @@ class TEE(nn.Module):
         super().__init__()
         import timm
 
+        if not config.classes:
+            raise ValueError("a TEE needs at least one class: classes=((label_id, name), ...)")
         self.config = c = config
         self.backbone = timm.create_model(c.backbone, features_only=True, out_indices=(2, 3, 4),
                                           pretrained=c.pretrained_backbone)

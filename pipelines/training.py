@@ -143,10 +143,13 @@ class ResumableStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        readers, slot = self.world * workers, self.rank * workers + worker
-        # DataLoader takes batch k from worker k % workers: this worker made
-        # len(range(worker, start_batch, workers)) of the batches already consumed.
-        skip = len(range(worker, self.start_batch, workers)) * self.batch_size
+        # DataLoader takes batch k of an iterator from worker k % workers. A resumed
+        # iterator starts again at worker 0, so worker w plays the part that worker
+        # (w + start_batch) % workers had in the uninterrupted run, whose batches before
+        # start_batch were consumed already.
+        role = (worker + self.start_batch) % workers
+        readers, slot = self.world * workers, self.rank * workers + role
+        skip = len(range(role, self.start_batch, workers)) * self.batch_size
         epoch = 0
         while True:
             count = 0
