@@ -1,11 +1,12 @@
 # Two entry points, each sets up what it needs:
 #   make sample   label the bundled sample with the tiny teachers -> out/sample
 #   make test     run the test suite
+# and: make features (the tiny TEE's region features of the sample -> out/features-sample)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: sample test venv dataflow-dry-run clean
+.PHONY: sample features test venv dataflow-dry-run clean
 
 venv: $(VENV)/.installed
 
@@ -17,6 +18,9 @@ $(VENV)/.installed: setup.py
 
 sample: venv
 	$(PY) -m pipelines.pseudo_label --runner DirectRunner --captioner tiny --tagger tiny --output out/sample --overwrite
+
+features: venv
+	$(PY) -m pipelines.extract_features --runner DirectRunner --tee tiny --output out/features-sample --overwrite
 
 test: venv
 	$(PY) -m pytest

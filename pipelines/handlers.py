@@ -1,10 +1,10 @@
-"""RunInference model handlers for the teachers.
+"""RunInference model handlers: the teachers (labeling job) and the TEE (feature extraction).
 
-Elements are `Work` items: one decoded image with what the teachers have said so far.
-The captioner's handler fills `captions`, the tagger's fills `tags`; an item that
-already failed passes through untouched, so every image leaves the chain exactly once.
-A batch that raises is retried one image at a time: one bad image costs its own row,
-not its neighbours'.
+Elements are `Work` items: one decoded image with what the models have said so far.
+The captioner's handler fills `captions`, the tagger's `tags`, the TEE's `regions`; an
+item that already failed passes through untouched, so every image leaves the chain
+exactly once. A batch that raises is retried one image at a time (`ImageModelHandler`,
+shared by all of them): one bad image costs its own row, not its neighbours'.
 """
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ class Work:
     sha256: str
     width: int  # full resolution, after orientation
     height: int
-    pixels: np.ndarray | None  # (H, W, 3) uint8 for the teachers; dropped once they are done
+    pixels: np.ndarray | None  # (H, W, 3) uint8 for the models; dropped once they are done
     captions: list | None = None
     tags: list | None = None
     failure: tuple[str, str, str] | None = None  # (stage, error_type, message)
+    regions: Any = None  # models.tee.Regions from the TEE (feature extraction job)
 
     @property
     def image_id(self) -> str:
@@ -46,27 +47,21 @@ class HandlerOptions:
     model_copies: int | None = None  # with large_model: copies per VM (e.g. one per GPU)
 
 
-class TeacherHandler(ModelHandler[Work, Work, Any]):
-    """Loads one teacher (captioner or tagger) and runs it on batches of Work items."""
+class ImageModelHandler(ModelHandler[Work, Work, Any]):
+    """Runs a loaded model (a callable: list of HWC uint8 images -> one result per image)
+    on batches of Work items, with per-image fallback. Subclasses load the model and say
+    where its result goes (`store`); `stage` names the failures it causes."""
 
-    def __init__(self, stage: str, spec: str, params, options: HandlerOptions, vocab=None):
+    stage = ""
+
+    def __init__(self, options: HandlerOptions):
         super().__init__()
-        if stage not in ("caption", "tag"):
-            raise ValueError(f"stage must be 'caption' or 'tag', not {stage!r}")
         if options.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, not {options.batch_size}")
-        self.stage, self.spec, self.params, self.options = stage, spec, params, options
-        self.vocab = vocab  # tagger only: (label, name) pairs parsed on the launcher, if local
-        self.field = "captions" if stage == "caption" else "tags"
+        self.options = options
 
-    def load_model(self):
-        from teachers import load_captioner, load_tagger
-
-        o = self.options
-        common = dict(device=o.device, cache_dir=o.cache_dir, trust_remote_code=o.trust_remote_code)
-        if self.stage == "caption":
-            return load_captioner(self.spec, self.params, **common)
-        return load_tagger(self.spec, self.params, vocab=self.vocab, **common)
+    def store(self, work: Work, result) -> Work:
+        raise NotImplementedError
 
     def run_inference(self, batch: Sequence[Work], model,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[Work]:
@@ -77,9 +72,9 @@ class TeacherHandler(ModelHandler[Work, Work, Any]):
         try:
             results = model([batch[i].pixels for i in todo])
             if len(results) != len(todo):
-                raise RuntimeError(f"teacher returned {len(results)} results for {len(todo)} images")
+                raise RuntimeError(f"{self.stage} model returned {len(results)} results for {len(todo)} images")
             for i, value in zip(todo, results):
-                out[i] = replace(batch[i], **{self.field: list(value)})
+                out[i] = self.store(batch[i], value)
             return out
         except Exception as batch_error:
             if len(todo) == 1:
@@ -88,7 +83,7 @@ class TeacherHandler(ModelHandler[Work, Work, Any]):
             log.warning("%s batch of %d failed (%s); retrying one image at a time", self.stage, len(todo), batch_error)
         for i in todo:
             try:
-                out[i] = replace(batch[i], **{self.field: list(model([batch[i].pixels])[0])})
+                out[i] = self.store(batch[i], model([batch[i].pixels])[0])
             except Exception as e:
                 out[i] = self._failed(batch[i], e)
         return out
@@ -108,5 +103,69 @@ class TeacherHandler(ModelHandler[Work, Work, Any]):
     def model_copies(self) -> int:
         return self.options.model_copies or 1
 
+
+class TeacherHandler(ImageModelHandler):
+    """Loads one teacher (captioner or tagger) and runs it on batches of Work items."""
+
+    def __init__(self, stage: str, spec: str, params, options: HandlerOptions, vocab=None):
+        if stage not in ("caption", "tag"):
+            raise ValueError(f"stage must be 'caption' or 'tag', not {stage!r}")
+        super().__init__(options)
+        self.stage, self.spec, self.params = stage, spec, params
+        self.vocab = vocab  # tagger only: (label, name) pairs parsed on the launcher, if local
+        self.field = "captions" if stage == "caption" else "tags"
+
+    def load_model(self):
+        from teachers import load_captioner, load_tagger
+
+        o = self.options
+        common = dict(device=o.device, cache_dir=o.cache_dir, trust_remote_code=o.trust_remote_code)
+        if self.stage == "caption":
+            return load_captioner(self.spec, self.params, **common)
+        return load_tagger(self.spec, self.params, vocab=self.vocab, **common)
+
+    def store(self, work: Work, result) -> Work:
+        return replace(work, **{self.field: list(result)})
+
     def get_metrics_namespace(self) -> str:
         return f"teacher_{self.stage}"
+
+
+class TEEExtractor:
+    """A loaded TEE as one callable (what a --large-model proxy can forward): images -> Regions."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list:
+        return self.model.extract(list(images))
+
+
+class TEEHandler(ImageModelHandler):
+    """Loads the TEE (`load_tee` reference) and fills `Work.regions`.
+
+    `extractor_id` is what the launcher computed: a worker that loads different weights
+    (a directory changed since launch) stops the job rather than stamp rows wrongly.
+    """
+
+    stage = "extract"
+
+    def __init__(self, reference: str, extractor_id: str | None, options: HandlerOptions):
+        super().__init__(options)
+        self.reference, self.extractor_id = reference, extractor_id
+
+    def load_model(self) -> TEEExtractor:
+        from models.tee import load_tee
+        from teachers.common import pick_device
+
+        model, _ = load_tee(self.reference, cache_dir=self.options.cache_dir)
+        if self.extractor_id is not None and model.extractor_id() != self.extractor_id:
+            raise RuntimeError(f"the TEE at {self.reference} is {model.extractor_id()} on this worker, "
+                               f"{self.extractor_id} when the job started: it changed; rerun the job")
+        return TEEExtractor(model.to(pick_device(self.options.device)).eval())
+
+    def store(self, work: Work, result) -> Work:
+        return replace(work, regions=result, pixels=None)  # the TEE is the last model: free the pixels
+
+    def get_metrics_namespace(self) -> str:
+        return "tee_extract"

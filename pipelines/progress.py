@@ -24,7 +24,8 @@ class _Tally:
 _TALLY = _Tally()  # per process: telemetry only, never read back by the job
 
 
-def bump(what: str, interval_s: float = 5.0) -> None:
+def bump(what: str, job: str = "pseudo_label", interval_s: float = 5.0) -> None:
+    """Count one `what` ("read", "labeled", "extracted", "failed") and maybe print the line."""
     now = time.monotonic()
     with _TALLY.lock:
         _TALLY.counts[what] = _TALLY.counts.get(what, 0) + 1
@@ -32,23 +33,22 @@ def bump(what: str, interval_s: float = 5.0) -> None:
             return
         _TALLY.last_print = now
         c = dict(_TALLY.counts)
-    done = c.get("labeled", 0) + c.get("failed", 0)
+    finished = sorted(k for k in c if k not in ("read", "failed"))  # labeled / extracted
+    done = sum(c[k] for k in finished) + c.get("failed", 0)
     rate = done / max(now - _TALLY.start, 1e-9)
-    sys.stderr.write(
-        f"[pseudo_label] read {c.get('read', 0)}, labeled {c.get('labeled', 0)}, "
-        f"failed {c.get('failed', 0)}, {rate:.2f} images/s\n"
-    )
+    parts = [f"{k} {c.get(k, 0)}" for k in ("read", *finished, "failed")]
+    sys.stderr.write(f"[{job}] {', '.join(parts)}, {rate:.2f} images/s\n")
     sys.stderr.flush()
 
 
 class CountProgress(beam.DoFn):
     """Pass-through that counts elements as `what` (a Beam counter + the progress line)."""
 
-    def __init__(self, what: str):
-        self.what = what
-        self.counter = beam.metrics.Metrics.counter("pseudo_label", what)
+    def __init__(self, what: str, namespace: str = "pseudo_label"):
+        self.what, self.namespace = what, namespace
+        self.counter = beam.metrics.Metrics.counter(namespace, what)
 
     def process(self, element):
         self.counter.inc()
-        bump(self.what)
+        bump(self.what, self.namespace)
         yield element

@@ -122,8 +122,10 @@ def reconcile(output: str, schemas: dict[str, VersionedSchema], *, codec: str = 
 
     A runner that retries a bundle whose first attempt had already committed parts can
     commit an image twice (differently composed parts, or a transient error that ended
-    differently). Labels win over failures; among copies, the part that sorts first wins.
-    Affected parts are rewritten without the extra rows. Reads only image_id columns.
+    differently). `schemas` maps table folders to schemas, the job's own table first and
+    then failures: earlier tables win (labels or features over failures); among copies in
+    one table, the part that sorts first wins. Affected parts are rewritten without the
+    extra rows. Reads only image_id columns.
     """
     import pyarrow as pa
 
@@ -131,7 +133,7 @@ def reconcile(output: str, schemas: dict[str, VersionedSchema], *, codec: str = 
 
     seen: set[str] = set()
     drops: dict[tuple[str, str], list[int]] = {}
-    for table in ("labels", "failures"):
+    for table in schemas:
         for part in list_parts(output, table):
             ids = read_table(part, schemas[table], columns=["image_id"]).column("image_id").to_pylist()
             for index, image_id in enumerate(ids):

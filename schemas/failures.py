@@ -1,4 +1,4 @@
-"""The failures table: one row per input image that could not be labeled, and why."""
+"""The failures table: one row per input image a job could not process, and why."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -7,8 +7,10 @@ import pyarrow as pa
 
 from schemas.base import VersionedSchema
 
-# Where in the job an image failed, in pipeline order.
-STAGES = ("manifest", "read", "decode", "caption", "tag", "label")
+# Where in the job an image failed, in pipeline order. Both jobs share manifest, read and
+# decode; caption, tag, label are the labeling job's, extract the feature extraction job's.
+# Adding a value here needs no version bump: readers never check it.
+STAGES = ("manifest", "read", "decode", "caption", "tag", "label", "extract")
 
 FAILURES = VersionedSchema(
     name="failures",

@@ -1,10 +1,22 @@
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas import FAILURES, LABELS, SchemaVersionError, count_rows, failure_row, labels_row, read_table
+from schemas import (
+    FAILURES,
+    FEATURES,
+    LABELS,
+    SchemaVersionError,
+    count_rows,
+    failure_row,
+    features_row,
+    labels_row,
+    read_table,
+    region_features,
+)
 
 
 def _label(image_id="a"):
@@ -73,3 +85,72 @@ def test_failure_message_is_bounded_and_never_empty():
                       failed_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
     assert len(row["message"]) == 2000
     assert failure_row(image_id="a", source_uri=None, stage="read", error_type="OSError", message="")["message"]
+
+
+def _regions(n=3, dim=5, seed=0):
+    rng = np.random.default_rng(seed)
+    xy = np.sort(rng.random((n, 2, 2)), axis=1)  # x0 <= x1, y0 <= y1
+    boxes = np.stack([xy[:, 0, 0], xy[:, 0, 1], xy[:, 1, 0], xy[:, 1, 1]], axis=1).astype(np.float32)
+    return dict(boxes=boxes, scores=rng.random(n).astype(np.float32), labels=[f"/m/{i}" for i in range(n)],
+                names=[f"thing {i}" for i in range(n)], features=(rng.standard_normal((n, dim)) * 3).astype(np.float32))
+
+
+def _features(image_id="a", n=3, dim=5, seed=0, **over):
+    args = dict(image_id=image_id, source_uri=f"/x/{image_id}.jpg", sha256="0" * 64, width=640, height=480,
+                extractor="tee-tiny-0123456789abcdef", extractor_source="tiny-random/tee-tiny",
+                **_regions(n, dim, seed))
+    return features_row(**{**args, **over})
+
+
+def test_features_round_trip_float16_exactly(tmp_path):
+    regions = [_regions(3, 5, seed=0), _regions(7, 5, seed=1)]
+    rows = [_features("a", 3, 5, seed=0), _features("b", 7, 5, seed=1)]
+    (tmp_path / "features").mkdir()
+    pq.write_table(FEATURES.to_table(rows), tmp_path / "features" / "part-0.parquet", compression="zstd")
+    table = read_table(str(tmp_path / "features"), FEATURES)
+    assert table.schema.field("features").type == pa.list_(pa.float16())
+    back = table.to_pylist()
+    assert [(r["num_regions"], r["feature_dim"]) for r in back] == [(3, 5), (7, 5)]
+    for i, (r, want) in enumerate(zip(back, regions)):
+        expected = want["features"].astype(np.float16)
+        assert np.array_equal(region_features(r), expected)  # from a dict row
+        one = region_features(table.slice(i, 1))  # from a one-row slice
+        assert one.dtype == np.float16 and np.array_equal(one, expected)
+        assert np.array_equal(np.asarray(r["boxes"], np.float32), want["boxes"])
+        assert r["labels"] == want["labels"] and r["names"] == want["names"]
+    stacked = region_features(table)
+    assert stacked.shape == (10, 5) and np.array_equal(stacked[3:], regions[1]["features"].astype(np.float16))
+    assert region_features(table.to_batches()[0]).shape == (10, 5)
+    assert count_rows(str(tmp_path / "features"), FEATURES) == 2
+    with pytest.raises(SchemaVersionError, match="expected a 'labels' table"):
+        read_table(str(tmp_path / "features"), LABELS)
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(features=np.zeros((3, 5, 1))), "features must be"),
+    (dict(boxes=np.zeros((2, 4))), "boxes must be"),
+    (dict(scores=np.zeros(4)), "scores must be"),
+    (dict(names=["x"]), "labels and names"),
+    (dict(boxes=np.array([[0.5, 0, 0.4, 1]] * 3)), "normalised xyxy"),
+    (dict(boxes=np.array([[0, 0, 1.5, 1]] * 3)), "normalised xyxy"),
+    (dict(features=np.full((3, 5), 1e6, np.float32)), "float16 range"),
+    (dict(features=np.full((3, 5), np.nan, np.float32)), "finite"),
+])
+def test_features_row_refuses_inconsistent_regions(over, match):
+    with pytest.raises(ValueError, match=match):
+        _features(**over)
+
+
+def test_region_features_refuses_a_row_whose_sizes_disagree():
+    row = _features()
+    row["num_regions"] = 4
+    with pytest.raises(ValueError, match="num_regions"):
+        region_features(row)
+    table = FEATURES.to_table([_features("a", dim=5), _features("b", dim=6)])
+    with pytest.raises(ValueError, match="mix feature dimensions"):
+        region_features(table)
+
+
+def test_failure_stages_include_extract():
+    row = failure_row(image_id="a", source_uri="/a.jpg", stage="extract", error_type="EmptyOutput", message="none")
+    assert FAILURES.validate_row(row)["stage"] == "extract" and FAILURES.version == 1
