@@ -19,7 +19,7 @@ import torch
 from models.tee import letterbox, to_chw
 from pipelines import images, sources, storage
 from pipelines.boxes import BoxStats, class_index, iter_box_groups, join_sorted
-from pipelines.training import ResumableStream, shuffled
+from pipelines.training import ResumableStream, by_index, shuffled
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,10 @@ class DetectionStream(ResumableStream):
         self.data, self.image_size, self.hflip, self.scale_jitter = data, image_size, hflip, scale_jitter
         self.shuffle_buffer = shuffle_buffer
 
-    def items(self, epoch: int):
+    def items(self, epoch: int, readers: int, slot: int):
         usable = (s for s in iter_samples(self.data, BoxStats()) if not s[0].error)
-        return shuffled(usable, self.shuffle_buffer, random.Random(self.seed * 1_000_003 + epoch))
+        mixed = shuffled(usable, self.shuffle_buffer, random.Random(self.seed * 1_000_003 + epoch))
+        return by_index(mixed, readers, slot)  # one manifest stream: split by position
 
     def load(self, item, rng: np.random.Generator):
         ref, boxes, labels = item

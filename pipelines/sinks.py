@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 import uuid
+from contextlib import contextmanager
 
 import apache_beam as beam
 import fsspec
@@ -78,19 +79,40 @@ def commit_part(output: str, table: str, schema: VersionedSchema, rows: list[dic
 
     data = pa.Table.from_pylist(rows, schema=schema.arrow)
     final = storage.join(output, f"{table}/{part_name(rows)}")
-    fs, final_path = fsspec.core.url_to_fs(final)
-    if storage.is_remote(final):
-        # Object stores publish an object only when its upload completes: already atomic,
-        # and a rename there is a copy + delete (or, on GCS emulators, an unsupported call).
-        with fs.open(final_path, "wb") as f:
-            pq.write_table(data, f, compression=codec, row_group_size=len(rows))
-        return final
+    with publish(final) as f:
+        pq.write_table(data, f, compression=codec, row_group_size=len(rows))
+    return final
+
+
+@contextmanager
+def publish(url: str):
+    """Open `url` for writing binary; the file appears whole when the block ends, or not at all.
+
+    Local disks: written under a temporary name (never matching *.parquet), then renamed.
+    Object stores publish an object only when its upload completes: already atomic, and a
+    rename there is a copy + delete (or, on GCS emulators, an unsupported call).
+    """
+    fs, final_path = fsspec.core.url_to_fs(url)
+    if storage.is_remote(url):
+        f = fs.open(final_path, "wb")
+        try:
+            yield f
+        except BaseException:
+            f.discard()  # abort the upload (gcsfs, s3fs) rather than publish a partial object
+            f.closed = True
+            raise
+        f.close()
+        return
     tmp_path = f"{final_path}.{uuid.uuid4().hex[:8]}{IN_PROGRESS}"
     fs.makedirs(final_path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(tmp_path, "wb") as f:
-        pq.write_table(data, f, compression=codec, row_group_size=len(rows))
-    fs.mv(tmp_path, final_path)  # a rename: the part appears whole or not at all
-    return final
+    try:
+        with fs.open(tmp_path, "wb") as f:
+            yield f
+    except BaseException:
+        if fs.exists(tmp_path):
+            fs.rm(tmp_path)
+        raise
+    fs.mv(tmp_path, final_path)  # a rename: the file appears whole or not at all
 
 
 def list_parts(output: str, table: str) -> list[str]:

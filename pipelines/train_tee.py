@@ -31,6 +31,9 @@ def add_train_flags(ap: argparse.ArgumentParser, **defaults) -> None:
     g.add_argument("--output", required=True, help="run directory: checkpoints, model, metrics.jsonl (local or gs://)")
     g.add_argument("--max-steps", type=int, required=True)
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    g.add_argument("--stop-at", type=int, default=0,
+                   help="end this run after step N with a checkpoint, keeping the --max-steps schedule "
+                        "(time-boxed or preemptible slots; continue with --resume)")
     g.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 8), help="per process")
     g.add_argument("--lr", type=float, default=defaults.get("lr", 1e-3))
     g.add_argument("--weight-decay", type=float, default=defaults.get("weight_decay", 0.05))
@@ -38,6 +41,8 @@ def add_train_flags(ap: argparse.ArgumentParser, **defaults) -> None:
     g.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 100))
     g.add_argument("--schedule", default="cosine", choices=("cosine", "constant"))
     g.add_argument("--grad-clip", type=float, default=10.0, help="max gradient norm (0: off)")
+    g.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
+    g.add_argument("--no-bf16", dest="bf16", action="store_false", help="no bf16 autocast on CUDA")
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--checkpoint-every", type=int, default=500)
     g.add_argument("--eval-every", type=int, default=0, help="validation every N steps (0: at the end only)")
@@ -150,6 +155,8 @@ def run(argv: list[str] | None = None) -> int:
     trainer = Trainer(model, cfg, stream, collate, detection_loss,
                       save_model=lambda m, d: m.save_pretrained(d),
                       evaluate=evaluator if val is not None else None,
+                      signature={"tee": model.config.to_dict(), "batch_size": cfg.batch_size,
+                                 "grad_accum": cfg.grad_accum, "seed": cfg.seed},
                       run_info={"job": "train_tee", "tee": model.config.to_dict(), "data": report,
                                 "argv": sys.argv[1:] if argv is None else list(argv)})
     try:

@@ -14,6 +14,7 @@ a `ResumableStream` (below) is an IterableDataset that is a pure function of
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -48,6 +49,8 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | constant (after warmup)
     min_lr_ratio: float = 0.05  # cosine ends at lr * min_lr_ratio
     grad_clip: float = 10.0  # max global grad norm; 0 turns clipping off
+    grad_accum: int = 1  # batches per optimizer step
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     log_every: int = 10
     checkpoint_every: int = 500
     eval_every: int = 0  # 0: only at the end (when an evaluator is given)
@@ -57,12 +60,13 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     progress: bool = True
+    stop_at: int = 0  # end this invocation after this step (checkpointed), keeping the max_steps schedule
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "num_workers", "grad_clip"):
+        for name in ("warmup_steps", "eval_every", "num_workers", "grad_clip", "stop_at"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
         if not self.lr > 0:
@@ -115,14 +119,14 @@ def pick_train_device(requested: str, dist: Dist) -> str:
 class ResumableStream(IterableDataset):
     """An endless, deterministic stream of training samples, split over ranks and workers.
 
-    Subclasses implement `items(epoch)` (cheap descriptions of samples, e.g. a path and
-    its boxes, in an order that depends only on the seed and the epoch) and
-    `load(item, rng)` (the expensive part: read, decode, augment). Sample i of the
-    concatenated epochs belongs to reader slot i % readers, where readers = world size x
-    DataLoader workers: no two readers see the same sample, and with fewer files than
-    readers the split is by rows. The stream never ends, so every rank runs exactly
-    the same number of steps (the trainer stops at --max-steps); epochs are counted, not
-    waited for.
+    Subclasses implement `items(epoch, readers, slot)`: this reader's share of the
+    epoch's samples as cheap descriptions (e.g. a path and its boxes), in an order that
+    depends only on the seed and the epoch, where readers = world size x DataLoader
+    workers and no two slots share a sample (`by_index` splits any stream by position;
+    sharded data can split by shard instead); and `load(item, rng)`, the expensive part
+    (read, decode, augment). The stream never ends, so every rank runs exactly the same
+    number of steps (the trainer stops at --max-steps) and no sample is dropped or padded:
+    a reader that finishes its share of an epoch goes on with its share of the next.
 
     `start_batch` makes the stream begin where a checkpoint left it: each reader skips
     its share of the consumed batches as items, before `load`, so resuming costs a scan
@@ -134,7 +138,7 @@ class ResumableStream(IterableDataset):
         self.seed, self.batch_size, self.rank, self.world = seed, batch_size, rank, world
         self.start_batch = 0
 
-    def items(self, epoch: int) -> Iterator:
+    def items(self, epoch: int, readers: int, slot: int) -> Iterator:
         raise NotImplementedError
 
     def load(self, item, rng: np.random.Generator):
@@ -153,21 +157,26 @@ class ResumableStream(IterableDataset):
         epoch = 0
         while True:
             count = 0
-            for i, item in enumerate(self.items(epoch)):
+            for i, item in enumerate(self.items(epoch, readers, slot)):
                 count += 1
-                if i % readers != slot:
-                    continue
                 if skip:
                     skip -= 1
                     continue
-                rng = np.random.default_rng((self.seed, epoch, i))
+                rng = np.random.default_rng((self.seed, epoch, slot, i))
                 sample = self.load(item, rng)
-                if sample is not None:  # an unreadable sample is skipped (load logs why)
+                if sample is not None:  # an unusable sample is skipped (load logs why)
                     yield sample
-            if count < readers:
-                raise ValueError(f"the training data has {count} samples, fewer than the {readers} readers "
-                                 f"(processes x --num-workers); add data or use fewer readers")
+            if count == 0:
+                raise ValueError(f"reader {slot} of {readers} (processes x --num-workers) got no training "
+                                 "samples: the data has fewer samples than readers; add data or use fewer readers")
             epoch += 1
+
+
+def by_index(items: Iterator, readers: int, slot: int) -> Iterator:
+    """Item i goes to reader i % readers."""
+    for i, item in enumerate(items):
+        if i % readers == slot:
+            yield item
 
 
 def shuffled(items: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
@@ -234,7 +243,11 @@ def latest_checkpoint(output: str) -> str | None:
 
 
 class Trainer:
-    """Runs `loss_fn(model, batch) -> {name: loss}` (summed for the gradient) for cfg.max_steps.
+    """Runs `loss_fn(model, batch) -> {name: value}` for cfg.max_steps optimizer steps.
+
+    Values whose name contains "loss" are summed for the gradient; the others (e.g.
+    accuracies) are only logged. `signature` (e.g. the model config) is stored in every
+    checkpoint; --resume refuses a checkpoint whose signature differs.
 
     save_model(model, directory) writes the trained model in its own format (e.g.
     save_pretrained) at every checkpoint and at the end, in OUTPUT/model.
@@ -243,10 +256,11 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, stream: ResumableStream, collate: Callable,
                  loss_fn: Callable, save_model: Callable, evaluate: Callable | None = None,
-                 run_info: dict | None = None):
+                 run_info: dict | None = None, signature: dict | None = None):
         self.cfg, self.stream, self.collate = cfg, stream, collate
         self.loss_fn, self.save_model, self.evaluate = loss_fn, save_model, evaluate
         self.run_info = run_info or {}
+        self.signature = json.loads(json.dumps(signature or {}, default=str))
         self.dist = init_distributed(cfg.device if cfg.device != "auto" else
                                      ("cuda" if torch.cuda.is_available() else "cpu"))
         self.device = pick_train_device(cfg.device, self.dist)
@@ -274,7 +288,8 @@ class Trainer:
         path = storage.join(self.cfg.output, f"checkpoints/{name}")
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "config": asdict(self.cfg),
-                 "world": self.dist.world}
+                 "world": self.dist.world, "signature": self.signature,
+                 "batches": self.step * self.cfg.grad_accum}
         buf = io.BytesIO()
         torch.save(state, buf)
         _write_bytes(storage.join(path, STATE_NAME), buf.getvalue())
@@ -298,6 +313,11 @@ class Trainer:
             raise ValueError(f"--resume: no checkpoint under {self.cfg.output}/checkpoints")
         state = torch.load(io.BytesIO(storage.read_bytes(storage.join(path, STATE_NAME))),
                            map_location="cpu", weights_only=False)
+        if state.get("signature", {}) != self.signature:
+            theirs, ours = state.get("signature", {}), self.signature
+            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise ValueError(f"--resume: {path} was written for a different model/config (differs in: "
+                             f"{', '.join(diff[:8])}); resume with the same settings or use another --output")
         if state.get("world", 1) != self.dist.world:
             raise ValueError(f"--resume: the checkpoint was written by {state.get('world', 1)} processes, "
                              f"this run has {self.dist.world}; the data split would differ")
@@ -341,7 +361,7 @@ class Trainer:
         if self.dist.main:
             storage.write_text(storage.join(cfg.output, "train_config.json"),
                                json.dumps({"train": asdict(cfg), **self.run_info}, indent=2, default=str))
-        self.stream.start_batch = self.step
+        self.stream.start_batch = self.step * cfg.grad_accum
         loader = DataLoader(self.stream, batch_size=cfg.batch_size, collate_fn=self.collate,
                             num_workers=cfg.num_workers, persistent_workers=False,
                             # its own generator: building the loader must not move the global RNG,
@@ -357,34 +377,43 @@ class Trainer:
         last: dict = {}
         window = {"t0": time.monotonic(), "samples": 0}
         batches = iter(loader)
-        while self.step < cfg.max_steps:
-            batch = next(batches)
-            losses = self.loss_fn(net, _to_device(batch, self.device))
-            total = sum(losses.values())
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"non-finite loss at step {self.step}: "
-                                         f"{ {k: float(v) for k, v in losses.items()} }")
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and self.device.startswith("cuda")
+                    else contextlib.nullcontext())
+        end = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at else cfg.max_steps
+        while self.step < end:
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            sums: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                batch = next(batches)
+                sync = (self.ddp is None or micro == cfg.grad_accum - 1)
+                with autocast, (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                    out = self.loss_fn(net, _to_device(batch, self.device))
+                    total = sum(v for k, v in out.items() if "loss" in k)
+                if not torch.isfinite(total):
+                    raise FloatingPointError(f"non-finite loss at step {self.step}: "
+                                             f"{ {k: float(v) for k, v in out.items()} }")
+                (total / cfg.grad_accum).backward()
+                window["samples"] += _batch_len(batch)
+                for k, v in (("loss", total), *out.items()):
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
             grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                          if cfg.grad_clip else None)
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
-            window["samples"] += _batch_len(batch)
-            last = {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+            last = sums
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            if self.step % cfg.log_every == 0 or self.step == end:
                 dt = max(time.monotonic() - window["t0"], 1e-9)
                 self._log({"step": self.step, "split": "train", "lr": self.scheduler.get_last_lr()[0],
                            "grad_norm": None if grad_norm is None else float(grad_norm),
                            "samples_per_s": round(window["samples"] * self.dist.world / dt, 3), **last})
                 window = {"t0": time.monotonic(), "samples": 0}
-            if self.evaluate and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+            if self.evaluate and cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < end:
                 self._run_eval()
-            if self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+            if self.step % cfg.checkpoint_every == 0 and self.step < end:
                 self._checkpoint()
         if bar is not None:
             bar.close()

