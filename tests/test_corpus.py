@@ -294,7 +294,7 @@ def _cli(module, *args):
     return proc
 
 
-def test_labels_and_features_of_the_sample_join_end_to_end(tmp_path):
+def test_the_whole_chain_on_the_sample_label_extract_join_train(tmp_path):
     labeled, extracted, out = tmp_path / "labeled", tmp_path / "extracted", tmp_path / "corpus"
     _cli("pipelines.pseudo_label", "--runner", "DirectRunner", "--captioner", "tiny", "--tagger", "tiny",
          "--output", labeled, "--limit", 8, "--num-captions", 1, "--num-beams", 1, "--max-new-tokens", 5)
@@ -321,6 +321,16 @@ def test_labels_and_features_of_the_sample_join_end_to_end(tmp_path):
             image_id = table.column("image_id")[i].as_py()
             j = features.column("image_id").to_pylist().index(image_id)
             assert region_features(table.slice(i, 1)).tobytes() == region_features(features.slice(j, 1)).tobytes()
+    # ... and the student trains on it: the whole chain, label -> features -> corpus -> 30 steps
+    ckpt = tmp_path / "student"
+    _cli("pipelines.train_student", "--corpus", out, "--tee", "tiny", "--init", "tiny", "--output", ckpt,
+         "--max-steps", 30, "--batch-size", 4, "--lr", "3e-3", "--warmup-steps", 3, "--log-every", 1,
+         "--checkpoint-every", 15, "--eval-every", 15, "--num-workers", 0, "--no-progress")
+    rows = [json.loads(ln) for ln in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["split"] == "train"]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    assert [r["step"] for r in rows if r["split"] == "val"] == [15, 30]
+    assert (ckpt / "model" / "model.safetensors").exists() and (ckpt / "model" / "tokenizer.json").exists()
 
 
 @pytest.mark.slow
