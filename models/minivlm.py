@@ -15,7 +15,6 @@ TEE's config), model.safetensors (fusion and TEE weights) and the tokenizer file
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -23,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.persistence import read_model, write_model
 from models.tee import TEE, TEEConfig
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 BOX_DIMS = 6
 TIED = ("mlm.predictions.decoder.weight", "mlm.predictions.decoder.bias")
 MATCHED, POLLUTED_CAPTION, POLLUTED_TAGS = 0, 1, 2
@@ -179,43 +177,29 @@ class MiniVLM(nn.Module):
     # ---- persistence ---------------------------------------------------------------------
 
     def save_pretrained(self, directory: str, tokenizer=None) -> None:
+        state = {k: v for k, v in self.state_dict().items() if k not in TIED}  # saved under their other names
+        write_model(directory, {"model_type": "minivlm", **self.config.to_dict()}, state)
+        if tokenizer is None:
+            return
+        if "://" not in directory:
+            tokenizer.save_pretrained(directory)
+            return
+        import tempfile
+
         import fsspec
-        from safetensors.torch import save
 
         fs, root = fsspec.core.url_to_fs(directory)
-        fs.makedirs(root, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                 if k not in TIED}  # the same tensors are saved under their other names
-        with fs.open(f"{root}/{WEIGHTS_NAME}", "wb") as f:
-            f.write(save(state, metadata={"format": "pt"}))
-        with fs.open(f"{root}/{CONFIG_NAME}", "w") as f:
-            json.dump({"model_type": "minivlm", **self.config.to_dict()}, f, indent=2)
-        if tokenizer is not None:
-            if "://" in directory:
-                import tempfile
-
-                with tempfile.TemporaryDirectory() as tmp:
-                    tokenizer.save_pretrained(tmp)
-                    for name in os.listdir(tmp):
-                        fs.put_file(os.path.join(tmp, name), f"{root}/{name}")
-            else:
-                tokenizer.save_pretrained(directory)
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save_pretrained(tmp)
+            for name in os.listdir(tmp):
+                fs.put_file(os.path.join(tmp, name), f"{root}/{name}")
 
     @classmethod
     def from_pretrained(cls, directory: str, map_location: str = "cpu") -> "MiniVLM":
-        import fsspec
-        from safetensors.torch import load
-
-        fs, root = fsspec.core.url_to_fs(directory)
-        try:
-            with fs.open(f"{root}/{CONFIG_NAME}", "r") as f:
-                data = json.load(f)
-            with fs.open(f"{root}/{WEIGHTS_NAME}", "rb") as f:
-                state = load(f.read())
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{directory} is not a saved MiniVLM (needs {CONFIG_NAME} and {WEIGHTS_NAME})") from e
+        """Load a student directory (local, gs://, s3://): fusion, TEE and config; refuses a mismatch."""
+        data, state = read_model(directory, "MiniVLM")
         if data.pop("model_type", None) != "minivlm":
-            raise ValueError(f"{directory}/{CONFIG_NAME} is not a MiniVLM config")
+            raise ValueError(f"{directory}/config.json is not a MiniVLM config")
         config = MiniVLMConfig.from_dict(data)
         tee = TEE(replace(TEEConfig.from_dict(config.tee), pretrained_backbone=False)) if config.tee else None
         model = cls(config, tee)

@@ -32,9 +32,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image
 
 from models.bifpn import BiFPN
+from models.persistence import WEIGHTS_NAME, read_model, write_model
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 STRIDES = (8, 16, 32, 64, 128)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -322,33 +321,15 @@ class TEE(nn.Module):
 
     def save_pretrained(self, directory: str) -> str:
         """Write config.json + model.safetensors (local or fsspec URL); returns the extractor id."""
-        import fsspec
-        from safetensors.torch import save
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         eid = self.extractor_id()
-        fs, root = fsspec.core.url_to_fs(directory)
-        fs.makedirs(root, exist_ok=True)
-        with fs.open(f"{root}/{WEIGHTS_NAME}", "wb") as f:
-            f.write(save(state, metadata={"format": "pt", "extractor_id": eid}))
-        with fs.open(f"{root}/{CONFIG_NAME}", "w") as f:
-            json.dump({**self.config.to_dict(), "extractor_id": eid}, f, indent=2)
+        write_model(directory, {**self.config.to_dict(), "extractor_id": eid}, self.state_dict(),
+                    metadata={"extractor_id": eid})
         return eid
 
     @classmethod
     def from_pretrained(cls, directory: str, map_location: str = "cpu") -> "TEE":
         """Load from a directory (local, gs://, s3://) written by save_pretrained."""
-        import fsspec
-        from safetensors.torch import load
-
-        fs, root = fsspec.core.url_to_fs(directory)
-        try:
-            with fs.open(f"{root}/{CONFIG_NAME}", "r") as f:
-                data = json.load(f)
-            with fs.open(f"{root}/{WEIGHTS_NAME}", "rb") as f:
-                state = load(f.read())
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{directory} is not a saved TEE (needs {CONFIG_NAME} and {WEIGHTS_NAME})") from e
+        data, state = read_model(directory, "TEE")
         data.pop("extractor_id", None)
         config = replace(TEEConfig.from_dict(data), pretrained_backbone=False)  # weights come from the file
         model = cls(config)

@@ -19,7 +19,7 @@ import torch
 
 from pipelines import storage
 from pipelines.train_tee import EXIT_USAGE, add_train_flags, train_config
-from pipelines.training import Trainer, init_distributed
+from pipelines.training import Trainer, fit_and_report, init_distributed
 
 
 def parse_args(argv):
@@ -138,15 +138,7 @@ def run(argv: list[str] | None = None) -> int:
                                 "init": args.init, "model": c.to_dict(), "objective": asdict(objective),
                                 "train_shards": len(train_files), "val_shards": len(val_files),
                                 "corpus_extractors": dict(seen)})
-    try:
-        result = trainer.fit()
-    except ValueError as e:
-        print(f"train_student: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if dist.main:
-        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
-        print(f"train_student: done: {shown}; model -> {cfg.output.rstrip('/')}/model", file=sys.stderr)
-    return 0
+    return fit_and_report(trainer, "train_student")
 
 
 def main() -> None:

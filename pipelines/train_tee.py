@@ -20,7 +20,7 @@ import sys
 from dataclasses import fields
 
 from pipelines import images, sources
-from pipelines.training import TrainConfig, Trainer
+from pipelines.training import TrainConfig, Trainer, fit_and_report
 
 EXIT_USAGE = 2
 
@@ -159,15 +159,7 @@ def run(argv: list[str] | None = None) -> int:
                                  "grad_accum": cfg.grad_accum, "seed": cfg.seed},
                       run_info={"job": "train_tee", "tee": model.config.to_dict(), "data": report,
                                 "argv": sys.argv[1:] if argv is None else list(argv)})
-    try:
-        result = trainer.fit()
-    except ValueError as e:  # e.g. --resume without a checkpoint, or checkpoints without --resume
-        print(f"train_tee: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if dist.main:
-        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
-        print(f"train_tee: done: {shown}; model -> {cfg.output.rstrip('/')}/model", file=sys.stderr)
-    return 0
+    return fit_and_report(trainer, "train_tee")
 
 
 def main() -> None:

@@ -467,3 +467,18 @@ def _batch_len(batch) -> int:
     if isinstance(batch, (list, tuple)):
         return _batch_len(batch[0]) if batch and isinstance(batch[0], (torch.Tensor, list, tuple)) else len(batch)
     return int(batch.shape[0]) if isinstance(batch, torch.Tensor) else 1
+
+
+def fit_and_report(trainer: Trainer, prog: str) -> int:
+    """Run `trainer` for a CLI: exit 2 with one line for a refused start (resume problems), 0 when done."""
+    import sys
+
+    try:
+        result = trainer.fit()
+    except ValueError as e:  # --resume without a checkpoint, checkpoints without --resume, another config
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if trainer.dist.main:
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+        print(f"{prog}: done: {shown}; model -> {trainer.cfg.output.rstrip('/')}/model", file=sys.stderr)
+    return 0

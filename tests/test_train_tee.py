@@ -57,7 +57,7 @@ def test_stream_splits_ranks_without_overlap_and_covers_an_epoch():
 
 def test_stream_with_fewer_samples_than_readers_says_so():
     with pytest.raises(ValueError, match="fewer samples than readers"):
-        _take(Numbers(1, seed=0, batch_size=1, rank=0, world=2), 2, 0)
+        _take(Numbers(1, seed=0, batch_size=1, rank=1, world=2), 1, 0)
 
 
 def test_shuffle_is_a_permutation_with_a_small_buffer():
