@@ -178,6 +178,35 @@ def to_chw(image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
 
 
+def select_regions(boxes: torch.Tensor, probs: torch.Tensor, feats: torch.Tensor, size: tuple[int, int], *,
+                   candidate_thresh: float, nms_thresh: float, score_thresh: float, min_regions: int,
+                   num_regions: int) -> dict[str, torch.Tensor]:
+    """Class-aware NMS over (region, class) pairs; one box per region, its best surviving class.
+
+    boxes (R, K+1, 4), probs (R, K+1) with background at 0, feats (R, D). Regions that survive
+    NMS for some class above score_thresh come first; the rest (best raw class score) only
+    fill up to min_regions. Shared by the TEE and the bottom-up-attention baseline.
+    """
+    r = boxes.shape[0]
+    boxes = clip_boxes_to_image(boxes[:, 1:], size)  # (R, K, 4), background dropped
+    probs = probs[:, 1:]  # (R, K)
+    ri, ki = torch.nonzero(probs > candidate_thresh, as_tuple=True)
+    keep = batched_nms(boxes[ri, ki], probs[ri, ki], ki, nms_thresh)
+    survived = torch.zeros_like(probs, dtype=torch.bool)
+    survived[ri[keep], ki[keep]] = True
+    best_kept, best_kept_cls = torch.where(survived, probs, -1.0).max(1)  # (R,)
+    best_raw, best_raw_cls = probs.max(1)
+    has = best_kept >= 0
+    cls = torch.where(has, best_kept_cls, best_raw_cls)
+    rank = torch.where(has, best_kept, best_raw - 1.0)  # survivors sort above the rest
+    confident = int((has & (best_kept >= score_thresh)).sum())
+    n = min(r, max(min_regions, min(confident, num_regions)))
+    order = rank.argsort(descending=True)[:n]
+    chosen = cls[order]
+    return {"boxes": boxes[order, chosen], "scores": probs[order, chosen], "classes": chosen + 1,
+            "features": feats[order]}
+
+
 class TEE(nn.Module):
     def __init__(self, config: TEEConfig):
         super().__init__()
@@ -259,32 +288,11 @@ class TEE(nn.Module):
         return [self._select(b, p, f, size) for b, p, f, size in
                 zip(boxes.split(counts), probs.split(counts), region_feats.split(counts), batch.sizes)]
 
-    def _select(self, boxes: torch.Tensor, probs: torch.Tensor, feats: torch.Tensor,
-                size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Class-aware NMS over (region, class) pairs; one box per region, its best surviving class.
-
-        boxes (R, K+1, 4), probs (R, K+1), feats (R, D). Regions that survive NMS for some class
-        above score_thresh come first; the rest (best raw class score) only fill up to min_regions.
-        """
+    def _select(self, boxes, probs, feats, size):
         c = self.config
-        r = boxes.shape[0]
-        boxes = clip_boxes_to_image(boxes[:, 1:], size)  # (R, K, 4), background dropped
-        probs = probs[:, 1:]  # (R, K)
-        ri, ki = torch.nonzero(probs > c.candidate_thresh, as_tuple=True)
-        keep = batched_nms(boxes[ri, ki], probs[ri, ki], ki, c.nms_thresh)
-        survived = torch.zeros_like(probs, dtype=torch.bool)
-        survived[ri[keep], ki[keep]] = True
-        best_kept, best_kept_cls = torch.where(survived, probs, -1.0).max(1)  # (R,)
-        best_raw, best_raw_cls = probs.max(1)
-        has = best_kept >= 0
-        cls = torch.where(has, best_kept_cls, best_raw_cls)
-        rank = torch.where(has, best_kept, best_raw - 1.0)  # survivors sort above the rest
-        confident = int((has & (best_kept >= c.score_thresh)).sum())
-        n = min(r, max(c.min_regions, min(confident, c.num_regions)))
-        order = rank.argsort(descending=True)[:n]
-        chosen = cls[order]
-        return {"boxes": boxes[order, chosen], "scores": probs[order, chosen],
-                "classes": chosen + 1, "features": feats[order]}
+        return select_regions(boxes, probs, feats, size, candidate_thresh=c.candidate_thresh,
+                              nms_thresh=c.nms_thresh, score_thresh=c.score_thresh, min_regions=c.min_regions,
+                              num_regions=c.num_regions)
 
     def extract(self, images: Sequence) -> list[Regions]:
         """HWC uint8 images (any sizes) -> Regions per image, boxes normalised in the original image."""
