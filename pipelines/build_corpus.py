@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipelines import corpus, sinks, storage
-from pipelines.jobrun import EXIT_FAILED, EXIT_USAGE, UsageError, counter, root_message, versions
+from pipelines.jobrun import EXIT_FAILED, EXIT_USAGE, UsageError, counter, execute, versions
 from schemas import SchemaVersionError
 from schemas.io import parquet_files
 
@@ -150,19 +150,9 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     p = beam.Pipeline(options=options)
     corpus.build(p, job)
-    try:
-        result = p.run()
-        result.wait_until_finish()
-    except Exception as e:
-        reason = root_message(e)
-        if not dry_run:
-            record.update(status="failed", finished_at=datetime.now(timezone.utc).isoformat(), error=reason)
-            sinks.write_run_record(job.output, record)
-        print(f"{PROG}: error: the job failed: {reason}", file=sys.stderr)
-        return EXIT_FAILED
-    if dry_run:
-        print(f"{PROG}: dry run: the {runner} job was built and not submitted", file=sys.stderr)
-        return 0
+    result, code = execute(p, prog=PROG, output=job.output, record=record, dry_run=dry_run, runner=runner)
+    if code is not None:
+        return code
 
     c = {name: counter(result, PROG, name) for name in corpus.COUNTERS}
     known = all(v is not None for v in c.values())

@@ -185,6 +185,25 @@ def root_message(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:1000]
 
 
+def execute(p, *, prog: str, output: str, record: dict, dry_run: bool, runner: str):
+    """Run a built pipeline to the end. Returns (result, None) when it succeeded, else (None, exit code):
+    a failed job is recorded in run.json (status failed, the root cause) and reported in one line."""
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:  # the job itself failed (e.g. a remote manifest that is unreadable)
+        reason = root_message(e)
+        if not dry_run:
+            record.update(status="failed", finished_at=datetime.now(timezone.utc).isoformat(), error=reason)
+            sinks.write_run_record(output, record)
+        print(f"{prog}: error: the job failed: {reason}", file=sys.stderr)
+        return None, EXIT_FAILED
+    if dry_run:
+        print(f"{prog}: dry run: the {runner} job was built and not submitted", file=sys.stderr)
+        return None, 0
+    return result, None
+
+
 def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
             make_job: Callable[[argparse.Namespace], object],
             build: Callable[[beam.Pipeline, object], object],
@@ -234,19 +253,9 @@ def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
     t0 = time.monotonic()
     p = beam.Pipeline(options=options)
     build(p, job)
-    try:
-        result = p.run()
-        result.wait_until_finish()
-    except Exception as e:  # the job itself failed (e.g. a remote manifest that is unreadable)
-        reason = root_message(e)
-        if not dry_run:
-            record.update(status="failed", finished_at=datetime.now(timezone.utc).isoformat(), error=reason)
-            sinks.write_run_record(job.output, record)
-        print(f"{prog}: error: the job failed: {reason}", file=sys.stderr)
-        return EXIT_FAILED
-    if dry_run:
-        print(f"{prog}: dry run: the {runner} job was built and not submitted", file=sys.stderr)
-        return 0
+    result, code = execute(p, prog=prog, output=job.output, record=record, dry_run=dry_run, runner=runner)
+    if code is not None:
+        return code
 
     metrics = {name: counter(result, kind.name, name) for name in BEAM_COUNTERS}
     expected = (None if metrics["distinct_images"] is None
