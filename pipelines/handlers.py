@@ -1,10 +1,11 @@
 """RunInference model handlers: the teachers (labeling job) and the TEE (feature extraction).
 
 Elements are `Work` items: one decoded image with what the models have said so far.
-The captioner's handler fills `captions`, the tagger's `tags`, the TEE's `regions`; an
-item that already failed passes through untouched, so every image leaves the chain
-exactly once. A batch that raises is retried one image at a time (`ImageModelHandler`,
-shared by all of them): one bad image costs its own row, not its neighbours'.
+The captioner's handler fills `captions`, the tagger's `tags` (and, when captions are
+reranked, each caption's `similarity`), the TEE's `regions`; an item that already
+failed passes through untouched, so every image leaves the chain exactly once. A batch
+that raises is retried one image at a time (`ImageModelHandler`, shared by all of
+them): one bad image costs its own row, not its neighbours'.
 """
 from __future__ import annotations
 
@@ -63,6 +64,10 @@ class ImageModelHandler(ModelHandler[Work, Work, Any]):
     def store(self, work: Work, result) -> Work:
         raise NotImplementedError
 
+    def predict(self, model, works: Sequence[Work]) -> list:
+        """One model call for `works`: one result per item."""
+        return model([w.pixels for w in works])
+
     def run_inference(self, batch: Sequence[Work], model,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[Work]:
         todo = [i for i, w in enumerate(batch) if w.failure is None]
@@ -70,7 +75,7 @@ class ImageModelHandler(ModelHandler[Work, Work, Any]):
         if not todo:
             return out
         try:
-            results = model([batch[i].pixels for i in todo])
+            results = self.predict(model, [batch[i] for i in todo])
             if len(results) != len(todo):
                 raise RuntimeError(f"{self.stage} model returned {len(results)} results for {len(todo)} images")
             for i, value in zip(todo, results):
@@ -83,7 +88,7 @@ class ImageModelHandler(ModelHandler[Work, Work, Any]):
             log.warning("%s batch of %d failed (%s); retrying one image at a time", self.stage, len(todo), batch_error)
         for i in todo:
             try:
-                out[i] = self.store(batch[i], model([batch[i].pixels])[0])
+                out[i] = self.store(batch[i], self.predict(model, [batch[i]])[0])
             except Exception as e:
                 out[i] = self._failed(batch[i], e)
         return out
@@ -109,14 +114,23 @@ class ImageModelHandler(ModelHandler[Work, Work, Any]):
 
 
 class TeacherHandler(ImageModelHandler):
-    """Loads one teacher (captioner or tagger) and runs it on batches of Work items."""
+    """Loads one teacher (captioner or tagger) and runs it on batches of Work items.
 
-    def __init__(self, stage: str, spec: str, params, options: HandlerOptions, vocab=None):
+    With `rerank` (tagger only), the tagger also scores each image's captions against
+    the image, stores the score as the caption's `similarity` and puts the best first;
+    an image whose every caption is below `rerank.min_similarity` fails at stage
+    "rerank" rather than vanish.
+    """
+
+    def __init__(self, stage: str, spec: str, params, options: HandlerOptions, vocab=None, rerank=None):
         if stage not in ("caption", "tag"):
             raise ValueError(f"stage must be 'caption' or 'tag', not {stage!r}")
+        if rerank is not None and stage != "tag":
+            raise ValueError("captions are reranked by the tagger's handler, not the captioner's")
         super().__init__(options)
         self.stage, self.spec, self.params = stage, spec, params
         self.vocab = vocab  # tagger only: (label, name) pairs parsed on the launcher, if local
+        self.rerank = rerank  # teachers.RerankParams | None
         self.field = "captions" if stage == "caption" else "tags"
 
     def load_model(self):
@@ -126,10 +140,37 @@ class TeacherHandler(ImageModelHandler):
         common = dict(device=o.device, cache_dir=o.cache_dir, trust_remote_code=o.trust_remote_code)
         if self.stage == "caption":
             return load_captioner(self.spec, self.params, **common)
-        return load_tagger(self.spec, self.params, vocab=self.vocab, **common)
+        tagger = load_tagger(self.spec, self.params, vocab=self.vocab, **common)
+        if self.rerank is not None and tagger.measure != self.rerank.measure:
+            # The rows would claim a measure (and a --min-caption-similarity range) they do not have.
+            raise RuntimeError(f"the tagger {self.spec} scores captions by {tagger.measure} on this worker, "
+                               f"by {self.rerank.measure} when the job started: it changed; rerun the job")
+        return tagger
+
+    def predict(self, model, works: Sequence[Work]) -> list:
+        if self.rerank is None:
+            return super().predict(model, works)
+        return model([w.pixels for w in works], texts=[[c["text"] for c in w.captions or []] for w in works])
 
     def store(self, work: Work, result) -> Work:
-        return replace(work, **{self.field: list(result)})
+        if self.rerank is None:
+            return replace(work, **{self.field: list(result)})
+        tags, similarities = result
+        return self._reranked(replace(work, tags=list(tags)), similarities)
+
+    def _reranked(self, work: Work, similarities) -> Work:
+        from teachers import rerank_captions
+
+        if not work.captions:  # nothing to rank: the row maker reports the captioner's empty output
+            return work
+        bound = self.rerank.min_similarity
+        kept = rerank_captions(work.captions, similarities, bound)
+        if kept:
+            return replace(work, captions=kept)
+        best = max(similarities)
+        message = (f"all {len(similarities)} captions are below --min-caption-similarity {bound:g}: the best has "
+                   f"{self.rerank.measure} similarity {best:.4f} to the image")
+        return replace(work, failure=("rerank", "LowCaptionSimilarity", message))
 
     def get_metrics_namespace(self) -> str:
         return f"teacher_{self.stage}"

@@ -5,7 +5,8 @@ unpickles lives in an importable module, never in `__main__`.
 
 Flow: input -> ImageRefs -> first new row per image_id (GroupByKey with the ids that
 earlier runs committed, for --resume) -> read + decode -> RunInference(captioner) ->
-RunInference(tagger) -> labels row or failures row -> committed Parquet parts.
+RunInference(tagger; with --rerank it also scores the captions) -> labels row or
+failures row -> committed Parquet parts.
 Everything but the teachers and the labels row is shared with the feature extraction
 job (pipelines/imagejob.py).
 
@@ -36,6 +37,7 @@ from pipelines.imagejob import (  # noqa: F401  (re-exported: the labeling job's
 )
 from pipelines.imagejob import failed as _failed
 from schemas import LABELS, labels_row
+from teachers.tagger import RerankParams
 
 KIND = JobKind(name="pseudo_label", table="labels", schema=LABELS, done="labeled")
 NAMESPACE = KIND.name  # Beam metrics namespace of the job's counters
@@ -56,6 +58,7 @@ class LabelJob(ImageJob):
     captioner: Teacher | None
     tagger: Teacher | None
     vocab: tuple | None  # parsed on the launcher when the file is local
+    rerank: RerankParams | None = None  # needs both teachers: the tagger scores the captions
 
     def teacher_params(self) -> dict:
         out = {}
@@ -65,6 +68,8 @@ class LabelJob(ImageJob):
         if self.tagger is not None and self.vocab is not None:
             out["tag"]["vocab_size"] = len(self.vocab)
             out["tag"]["vocab_sha256"] = hashlib.sha256(json.dumps(self.vocab).encode()).hexdigest()
+        if self.rerank is not None:
+            out["rerank"] = self.rerank.to_dict()
         return out
 
 
@@ -104,8 +109,9 @@ def build(p: beam.Pipeline, job: LabelJob):
     for teacher in (job.captioner, job.tagger):
         if teacher is None:
             continue
+        tagger = teacher.stage == "tag"
         handler = TeacherHandler(teacher.stage, teacher.spec, teacher.params, job.handler,
-                                 vocab=job.vocab if teacher.stage == "tag" else None)
+                                 vocab=job.vocab if tagger else None, rerank=job.rerank if tagger else None)
         name = teacher.stage.title()
         work, dlq = work | name >> RunInference(handler).with_exception_handling()
         lost.append(dlq.failed_inferences

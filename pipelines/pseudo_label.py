@@ -44,12 +44,23 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     te.add_argument("--tag-threshold", type=float, default=0.1)
     te.add_argument("--max-tags", type=int, default=10)
     te.add_argument("--tag-prompt", default="a photo of a {}.")
+    te.add_argument("--rerank", action="store_true",
+                    help="score every caption against its image with the tagger's image-text model, store it as "
+                         "the caption's similarity and put the best first (SigLIP: its calibrated sigmoid "
+                         "probability in [0, 1]; CLIP: the cosine similarity in [-1, 1]). Needs both teachers")
+    te.add_argument("--min-caption-similarity", type=float, default=None, metavar="X",
+                    help="implies --rerank: drop captions whose similarity is below X; an image left with no "
+                         "caption is not labeled but written to failures/ (stage 'rerank', error_type "
+                         "'LowCaptionSimilarity', the message names its best similarity and X)")
     te.add_argument("--trust-remote-code", action="store_true",
                     help="allow model code from the hub (off by default: it runs arbitrary code)")
     te.add_argument("--cache-dir", default=None, help="teacher cache (default $MINIVLM_CACHE or ~/.cache/minivlm)")
 
     jobrun.add_inference_args(ap, models="teachers")
-    return ap.parse_known_args(argv)
+    args, beam_args = ap.parse_known_args(argv)
+    if args.min_caption_similarity is not None:
+        args.rerank = True  # run.json's options then say what ran
+    return args, beam_args
 
 
 def _teacher(stage: str, spec: str, params) -> Teacher | None:
@@ -80,19 +91,36 @@ def make_job(args: argparse.Namespace) -> LabelJob:
         vocab = None
         if tagger is not None and not storage.is_remote(args.tag_vocab):
             vocab = tuple(load_vocab(args.tag_vocab))
-        return LabelJob(**common, captioner=captioner, tagger=tagger, vocab=vocab)
+        rerank = _rerank(args, captioner, tagger)
+        return LabelJob(**common, captioner=captioner, tagger=tagger, vocab=vocab, rerank=rerank)
     except UsageError:
         raise
     except (ValueError, TeacherUnavailable, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
 
 
+def _rerank(args: argparse.Namespace, captioner: Teacher | None, tagger: Teacher | None):
+    """--rerank / --min-caption-similarity -> RerankParams, or None when off."""
+    from teachers import RerankParams, similarity_measure
+
+    if not args.rerank:
+        return None
+    missing = [f"--{kind} none" for kind, t in (("captioner", captioner), ("tagger", tagger)) if t is None]
+    if missing:
+        flag = "--min-caption-similarity" if args.min_caption_similarity is not None else "--rerank"
+        raise UsageError(f"{flag} scores the captioner's captions with the tagger's image-text model: "
+                         f"it needs both teachers, not {' and '.join(missing)}")
+    # The measure (and so the bound's range) depends on the tagger's model family.
+    measure = similarity_measure(tagger.spec, cache_dir=args.cache_dir)
+    return RerankParams(measure=measure, min_similarity=args.min_caption_similarity)
+
+
 def describe(job: LabelJob) -> dict:
-    """The teachers, for run.json."""
+    """The teachers (and caption reranking), for run.json."""
     return {"teachers": {
         kind: (None if t is None else {"reference": t.reference, "model": t.provenance, "params": t.params.to_dict()})
         for kind, t in (("captioner", job.captioner), ("tagger", job.tagger))
-    }}
+    }, "rerank": job.rerank.to_dict() if job.rerank is not None else {"enabled": False}}
 
 
 def count_outputs(output: str) -> dict:

@@ -8,9 +8,10 @@ import pyarrow as pa
 from schemas.base import VersionedSchema
 
 # Where in the job an image failed, in pipeline order. Both jobs share manifest, read and
-# decode; caption, tag, label are the labeling job's, extract the feature extraction job's.
+# decode; caption, tag, rerank (every caption below --min-caption-similarity), label are
+# the labeling job's, extract the feature extraction job's.
 # Adding a value here needs no version bump: readers never check it.
-STAGES = ("manifest", "read", "decode", "caption", "tag", "label", "extract")
+STAGES = ("manifest", "read", "decode", "caption", "tag", "rerank", "label", "extract")
 
 FAILURES = VersionedSchema(
     name="failures",

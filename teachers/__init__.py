@@ -2,10 +2,23 @@
 from teachers.captioner import DEFAULT_CAPTIONER, CaptionParams, Captioner, load_captioner
 from teachers.loading import TeacherRef, TeacherUnavailable, default_cache_dir, describe, resolve
 from teachers.registry import register_tiny, tiny_families
-from teachers.tagger import DEFAULT_TAGGER, DEFAULT_VOCAB, TagParams, Tagger, load_tagger, load_vocab, read_vocab
+from teachers.tagger import (
+    DEFAULT_TAGGER,
+    DEFAULT_VOCAB,
+    MEASURES,
+    RerankParams,
+    Tagger,
+    TagParams,
+    load_tagger,
+    load_vocab,
+    read_vocab,
+    rerank_captions,
+    similarity_measure,
+)
 
 __all__ = [
-    "DEFAULT_CAPTIONER", "DEFAULT_TAGGER", "DEFAULT_VOCAB", "CaptionParams", "Captioner", "TagParams", "Tagger",
-    "TeacherRef", "TeacherUnavailable", "default_cache_dir", "describe", "load_captioner", "load_tagger",
-    "load_vocab", "read_vocab", "register_tiny", "resolve", "tiny_families",
+    "DEFAULT_CAPTIONER", "DEFAULT_TAGGER", "DEFAULT_VOCAB", "MEASURES", "CaptionParams", "Captioner",
+    "RerankParams", "TagParams", "Tagger", "TeacherRef", "TeacherUnavailable", "default_cache_dir", "describe",
+    "load_captioner", "load_tagger", "load_vocab", "read_vocab", "register_tiny", "rerank_captions", "resolve",
+    "similarity_measure", "tiny_families",
 ]

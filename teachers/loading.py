@@ -10,6 +10,7 @@ Everything ends in `from_pretrained(<local dir>, use_safetensors=True)`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -157,6 +158,45 @@ def _hub_snapshot(ref: TeacherRef) -> str:
         except Exception as e:
             raise TeacherUnavailable(
                 f"{ref.kind} {ref.spec!r} cannot be downloaded ({type(online_error).__name__}: {online_error}) "
+                f"and is not cached; {_offline_hint(ref.kind)}"
+            ) from e
+
+
+def model_config(ref: TeacherRef, cache_dir: str | None = None) -> dict:
+    """A teacher's config.json without its weights (the launcher's look at what workers will load).
+
+    Unlike `describe`, this reads a remote directory's config.json: only the features
+    that need the model family (caption reranking) call it.
+    """
+    import fsspec
+
+    if ref.tiny:
+        path = os.path.join(resolve(ref, cache_dir), "config.json")
+    elif ref.is_remote_dir:
+        path = ref.spec.rstrip("/") + "/config.json"
+    elif ref.is_local_dir:
+        path = os.path.join(_local_dir(ref), "config.json")
+    else:
+        path = _hub_config(ref)
+    try:
+        with fsspec.open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise TeacherUnavailable(f"cannot read the config.json of {ref.kind} {ref.spec!r} ({path}): {e}") from e
+
+
+def _hub_config(ref: TeacherRef) -> str:
+    from huggingface_hub import hf_hub_download
+
+    repo, revision = ref.hub
+    try:
+        return hf_hub_download(repo, "config.json", revision=revision)
+    except Exception as online_error:
+        try:
+            return hf_hub_download(repo, "config.json", revision=revision, local_files_only=True)
+        except Exception as e:
+            raise TeacherUnavailable(
+                f"the config.json of {ref.kind} {ref.spec!r} cannot be downloaded ({type(online_error).__name__}) "
                 f"and is not cached; {_offline_hint(ref.kind)}"
             ) from e
 

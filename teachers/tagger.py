@@ -9,10 +9,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from teachers.common import pick_device, pick_dtype
-from teachers.loading import TeacherRef, load_pretrained
+from teachers.loading import TeacherRef, load_pretrained, model_config
 
 DEFAULT_TAGGER = "google/siglip-so400m-patch14-384"
 DEFAULT_VOCAB = os.path.join(os.path.dirname(__file__), "vocab", "default_tags.csv")
+
+# How a caption is scored against its image when captions are reranked, and the range
+# of that score. SigLIP's sigmoid(scale * cos + bias) is a calibrated match probability;
+# CLIP's scale * cos is unbounded (only comparable within one softmax), so CLIP
+# reranking uses the plain cosine similarity.
+MEASURES = {"siglip-sigmoid": (0.0, 1.0), "clip-cosine": (-1.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,42 @@ class TagParams:
         # The bundled file's absolute path differs per machine; its name does not.
         d["vocab"] = "bundled:default_tags.csv" if self.vocab == DEFAULT_VOCAB else self.vocab
         return d
+
+
+@dataclass(frozen=True)
+class RerankParams:
+    """Score each caption against its image with the tagger's image-text model; keep the
+    best first and, with `min_similarity`, drop the captions below it."""
+    measure: str  # a key of MEASURES: what the tagger's model family computes
+    min_similarity: float | None = None
+
+    def __post_init__(self):
+        if self.measure not in MEASURES:
+            raise ValueError(f"unknown similarity measure {self.measure!r}; expected one of {', '.join(MEASURES)}")
+        low, high = MEASURES[self.measure]
+        if self.min_similarity is not None and not low <= self.min_similarity <= high:
+            raise ValueError(f"--min-caption-similarity must be within [{low:g}, {high:g}] for the tagger's "
+                             f"{self.measure} similarity, not {self.min_similarity}")
+
+    def to_dict(self) -> dict:
+        return {"enabled": True, "min_similarity": self.min_similarity, "measure": self.measure}
+
+
+def measure_of(model_type: str) -> str:
+    """The rerank measure of a tagger model family (its config.json `model_type`)."""
+    return "siglip-sigmoid" if model_type.startswith("siglip") else "clip-cosine"
+
+
+def rerank_captions(captions: list[dict], similarities: list[float],
+                    min_similarity: float | None = None) -> list[dict]:
+    """Captions with their `similarity`, best first, without those below `min_similarity`."""
+    if len(similarities) != len(captions):
+        raise ValueError(f"{len(similarities)} similarities for {len(captions)} captions")
+    scored = [{**c, "similarity": float(s)} for c, s in zip(captions, similarities)]
+    scored.sort(key=lambda c: -c["similarity"])
+    if min_similarity is None:
+        return scored
+    return [c for c in scored if c["similarity"] >= min_similarity]
 
 
 def read_vocab(text: str, where: str = "vocabulary") -> list[tuple[str, str]]:
@@ -69,6 +111,7 @@ class Tagger:
         # SigLIP was trained with a sigmoid per pair (calibrated, independent tags);
         # CLIP with a softmax over texts, so its scores compete and sum to 1.
         self.sigmoid = hasattr(model, "logit_bias")
+        self.text_batch_size = text_batch_size
         self.text_embeds = self._embed_texts([params.prompt.format(name) for _, name in vocab], text_batch_size)
 
     def _embed_texts(self, texts: list[str], batch_size: int):
@@ -92,16 +135,25 @@ class Tagger:
                 chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1))
         return torch.cat(chunks)  # (V, D)
 
-    def __call__(self, images: list[np.ndarray]) -> list[list[dict]]:
-        """images: list of (H, W, 3) uint8 -> per image, tags best first: {label, name, score}."""
+    @property
+    def measure(self) -> str:
+        """How `similarities` scores an image-text pair (a key of MEASURES)."""
+        return "siglip-sigmoid" if self.sigmoid else "clip-cosine"
+
+    def _embed_images(self, images: list[np.ndarray]):
         import torch
 
-        p = self.params
         pixel_values = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             feats = self.model.get_image_features(
                 pixel_values=pixel_values.to(self.device, self.model.dtype)).pooler_output
-            img = torch.nn.functional.normalize(feats.float(), dim=-1)  # (B, D)
+            return torch.nn.functional.normalize(feats.float(), dim=-1)  # (B, D)
+
+    def _tags(self, img) -> list[list[dict]]:
+        import torch
+
+        p = self.params
+        with torch.inference_mode():
             logits = img @ self.text_embeds.T * self.model.logit_scale.float().exp()  # (B, V)
             if self.sigmoid:
                 probs = torch.sigmoid(logits + self.model.logit_bias.float())
@@ -116,6 +168,49 @@ class Tagger:
                 for s, i in zip(scores, idx) if s >= p.threshold
             ])
         return results
+
+    def _similarities(self, img, texts: list[list[str]]) -> list[list[float]]:
+        import torch
+
+        if len(texts) != img.shape[0]:
+            raise ValueError(f"{len(texts)} lists of texts for {img.shape[0]} images")
+        flat = [t for per_image in texts for t in per_image]
+        if not flat:
+            return [[] for _ in texts]
+        # Caption texts go in as they are: the tag prompt is for bare class names.
+        embeds = self._embed_texts(flat, self.text_batch_size)  # (T, D)
+        out, start = [], 0
+        with torch.inference_mode():
+            for i, per_image in enumerate(texts):
+                sim = embeds[start:start + len(per_image)] @ img[i]  # (n,) cosine
+                start += len(per_image)
+                if self.sigmoid:
+                    sim = torch.sigmoid(sim * self.model.logit_scale.float().exp() + self.model.logit_bias.float())
+                out.append(sim.tolist())
+        return out
+
+    def similarities(self, images: list[np.ndarray], texts: list[list[str]]) -> list[list[float]]:
+        """Per image, the `measure` similarity of each of its texts (texts[i] belong to images[i])."""
+        return self._similarities(self._embed_images(images), texts)
+
+    def __call__(self, images: list[np.ndarray], texts: list[list[str]] | None = None) -> list:
+        """images: list of (H, W, 3) uint8 -> per image, tags best first: {label, name, score}.
+
+        With `texts` (one list per image, e.g. its candidate captions): per image a pair
+        (tags, similarities of its texts), from one pass of the image encoder. One call
+        either way, so a --large-model proxy (which forwards only calls) can run both.
+        """
+        img = self._embed_images(images)
+        tags = self._tags(img)
+        if texts is None:
+            return tags
+        return list(zip(tags, self._similarities(img, texts)))
+
+
+def similarity_measure(spec: str, cache_dir: str | None = None) -> str:
+    """The rerank measure of a tagger reference, from its config.json alone (no weights)."""
+    config = model_config(TeacherRef("tagger", spec), cache_dir=cache_dir)
+    return measure_of(str(config.get("model_type", "")))
 
 
 def load_tagger(spec: str, params: TagParams, *, vocab=None, device: str = "auto", cache_dir: str | None = None,
