@@ -28,6 +28,7 @@ from models.tee import TEE, TEEConfig
 BOX_DIMS = 6
 TIED = ("mlm.predictions.decoder.weight", "mlm.predictions.decoder.bias")
 MATCHED, POLLUTED_CAPTION, POLLUTED_TAGS = 0, 1, 2
+TASKS = ("pretraining", "captioning")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class MiniVLMConfig:
     sep_token_id: int = 102
     mask_token_id: int = 103
     init: str = "random"  # where the fusion weights started: a hub id, a directory, tiny, random
+    task: str = "pretraining"  # pretraining | captioning (set by pipelines.finetune_caption)
+    tag_min_score: float = 0.2  # captioning: TEE regions at least this confident give the tags
     extractor_id: str | None = None  # the TEE whose features this fusion reads
     tee: dict | None = field(default=None)  # TEEConfig.to_dict() of the bundled TEE
 
@@ -59,6 +62,10 @@ class MiniVLMConfig:
         for name in ("max_caption_tokens", "max_tag_tokens", "max_regions", "region_feature_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if not 0 <= self.tag_min_score <= 1:
+            raise ValueError(f"tag_min_score must be in [0, 1], not {self.tag_min_score}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
         if self.text_length > self.max_position_embeddings:
             raise ValueError(f"caption + tag tokens ({self.text_length}) exceed max_position_embeddings")
 
@@ -66,6 +73,11 @@ class MiniVLMConfig:
     def text_length(self) -> int:
         """[CLS] caption [SEP] tags [SEP]"""
         return self.max_caption_tokens + self.max_tag_tokens + 3
+
+    @property
+    def caption_slot(self) -> int:
+        """Captioning's fixed caption slot: [CLS] caption [SEP], padded; tags start right after it."""
+        return self.max_caption_tokens + 2
 
     def bert_config(self):
         from transformers import BertConfig
@@ -86,6 +98,21 @@ class MiniVLMConfig:
         if unknown:
             raise ValueError(f"unknown MiniVLM config keys: {', '.join(unknown)}")
         return cls(**data)
+
+
+def seq2seq_attention(caption_slot: int, context: int, device=None) -> torch.Tensor:
+    """Who may attend to whom when captioning: (L, L) bool, L = caption_slot + context.
+
+    Caption positions (the first caption_slot: [CLS] caption [SEP] padding) see the caption
+    up to themselves and all of the context (tags, then regions); context positions see the
+    context only, so tags and regions never depend on the caption being written.
+    """
+    length = caption_slot + context
+    allowed = torch.zeros(length, length, dtype=torch.bool, device=device)
+    allowed[:caption_slot, :caption_slot] = torch.ones(caption_slot, caption_slot, dtype=torch.bool,
+                                                       device=device).tril()
+    allowed[:, caption_slot:] = True
+    return allowed
 
 
 class RegionEmbedding(nn.Module):
@@ -171,7 +198,31 @@ class MiniVLM(nn.Module):
         return {"mlm_loss": mlm_loss, "contrastive_loss": c_loss, "mlm_accuracy": mlm_acc,
                 "contrastive_accuracy": c_acc}
 
+    def caption_outputs(self, batch: dict) -> dict:
+        """batch from pipelines.caption_data.CaptionCollate -> masked caption-token loss and accuracy.
+
+        The seq2seq pattern (seq2seq_attention) makes a masked caption token see only the
+        caption before it, itself ([MASK]) and the image: what it will see when generating.
+        """
+        t = batch["input_ids"].shape[1]
+        r = batch["region_features"].shape[1]
+        pattern = seq2seq_attention(self.config.caption_slot, t - self.config.caption_slot + r,
+                                    device=batch["input_ids"].device)
+        hidden = self.encode(batch["input_ids"], batch["token_type_ids"], batch["text_mask"],
+                             batch["region_features"], batch["region_boxes"], batch["region_mask"],
+                             attention=pattern.expand(batch["input_ids"].shape[0], -1, -1))
+        labels = batch["caption_labels"]  # (B, T), -100 where not masked
+        chosen = labels != -100
+        logits = self.mlm(hidden[:, :t][chosen])  # (M, V)
+        loss = F.cross_entropy(logits, labels[chosen]) if chosen.any() else hidden.sum() * 0.0
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == labels[chosen]).float().mean() if chosen.any() else torch.tensor(0.0)
+        return {"caption_loss": loss, "caption_accuracy": acc}
+
     def forward(self, batch: dict) -> dict:
+        # one entry point for both objectives, so DistributedDataParallel sees every call
+        if "caption_labels" in batch:
+            return self.caption_outputs(batch)
         return self.pretraining_outputs(batch)
 
     # ---- persistence ---------------------------------------------------------------------
@@ -212,8 +263,15 @@ class MiniVLM(nn.Module):
 
 def load_tokenizer(directory: str):
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    return AutoTokenizer.from_pretrained(directory)
+    # AutoTokenizer peeks at config.json and warns that `minivlm` is no transformers model type
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def bundled_bert_dir() -> str:

@@ -37,6 +37,8 @@ def parse_args(argv):
     m.add_argument("--tee", required=True, help="the TEE that made the corpus features: a saved TEE dir or 'tiny'")
     m.add_argument("--init", default="microsoft/MiniLM-L12-H384-uncased",
                    help="fusion start: hub id, local BERT-architecture dir, 'tiny' (tests) or 'random'")
+    m.add_argument("--fusion", default=None, metavar="LAYERSxHIDDEN[xHEADS]",
+                   help="with --init random: the fusion's shape, e.g. 4x256 (heads default to hidden/64; FFN 4x)")
     m.add_argument("--max-caption-tokens", type=int, default=35)
     m.add_argument("--max-tag-tokens", type=int, default=15)
     m.add_argument("--max-regions", type=int, default=50)
@@ -46,6 +48,23 @@ def parse_args(argv):
     o.add_argument("--polluted-tags", type=float, default=0.25)
     add_train_flags(ap, lr=1e-4, batch_size=32, warmup_steps=1000, weight_decay=0.01)
     return ap.parse_args(argv)
+
+
+def fusion_shape(spec: str | None, init: str) -> dict:
+    """--fusion 4x256[x4] -> MiniVLMConfig overrides (random init only: a checkpoint brings its own shape)."""
+    if spec is None:
+        return {}
+    if init != "random":
+        raise ValueError(f"--fusion sets the shape of a random fusion; --init {init} brings its own")
+    try:
+        parts = [int(p) for p in spec.lower().split("x")]
+        layers, hidden = parts[:2]
+        heads = parts[2] if len(parts) == 3 else max(1, hidden // 64)
+        if len(parts) not in (2, 3) or min(layers, hidden, heads) < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--fusion wants LAYERSxHIDDEN or LAYERSxHIDDENxHEADS, e.g. 4x256, not {spec!r}") from None
+    return {"num_layers": layers, "hidden_size": hidden, "num_heads": heads, "intermediate_size": 4 * hidden}
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -68,7 +87,8 @@ def run(argv: list[str] | None = None) -> int:
         tee, tee_source = load_tee(args.tee)
         tee.requires_grad_(False)  # frozen: the corpus holds its features already
         model, tokenizer = build_student(args.init, tee, seed=args.seed, max_caption_tokens=args.max_caption_tokens,
-                                         max_tag_tokens=args.max_tag_tokens, max_regions=args.max_regions)
+                                         max_tag_tokens=args.max_tag_tokens, max_regions=args.max_regions,
+                                         **fusion_shape(args.fusion, args.init))
         seen = extractors(train_files)
         foreign = {k: v for k, v in seen.items() if k != model.config.extractor_id}
         if foreign and not args.allow_extractor_mismatch:
