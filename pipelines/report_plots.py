@@ -109,7 +109,10 @@ def pr_curve(curve: Sequence[dict], threshold: float, at_threshold: dict) -> byt
                 label=f"run threshold {threshold:g}")
     ax.set(title="Tag precision-recall", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left")
+    else:  # no threshold had both a precision and a recall: say so rather than draw an empty frame
+        ax.text(0.5, 0.5, "no tag matched a verified label", ha="center", va="center", transform=ax.transAxes)
     return _png(fig)
 
 

@@ -189,3 +189,28 @@ def test_cli_end_to_end_writes_tag_eval_json(tmp_path):
     assert round(o["precision"], 4) == round(o["recall"], 4) == round(o["f1"], 4) == 0.6667
     assert (result["unverified_tags"], result["images_without_human_labels"]) == (1, 1)
     assert isinstance(result["threshold"], float) and result["threshold"] == 0.1
+
+
+def test_the_bundled_sample_and_its_human_labels(sample_run, tmp_path):
+    """The README's command on the sample: every verified positive is a TP or an FN, every
+    scored tag hits a verified class, whatever the (random) tiny tagger said."""
+    import csv
+
+    out, _ = sample_run
+    human = os.path.join(REPO, "data", "sample", "human-imagelabels.csv")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate_tags", "--labels", str(out / "labels"),
+                           "--human-labels", human, "--classes", os.path.join(REPO, "teachers", "vocab",
+                                                                              "default_tags.csv"),
+                           "--output", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "tag_eval.json").read_text())
+    with open(human) as f:
+        rows = list(csv.DictReader(f))
+    positives = sum(r["Confidence"] == "1" for r in rows)
+    overall = result["overall"]
+    assert overall["images"] == 22 and overall["tp"] + overall["fn"] == positives
+    labels = pq.read_table(str(out / "labels")).to_pylist()
+    verified = {(r["ImageID"], r["LabelName"]) for r in rows}
+    stored = sum(1 for row in labels for t in row["tags"] if (row["image_id"], t["label"]) in verified)
+    assert overall["tp"] + overall["fp"] == stored
+    assert result["unverified_tags"] == sum(len(row["tags"]) for row in labels) - stored
