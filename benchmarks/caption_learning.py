@@ -70,14 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-images", type=int, default=2000)
     ap.add_argument("--val-images", type=int, default=200, help="held-out scenes the student is scored on")
     ap.add_argument("--scene-size", type=int, default=160)
-    ap.add_argument("--tee-steps", type=int, default=600)
-    ap.add_argument("--pretrain-steps", type=int, default=1000)
-    ap.add_argument("--finetune-steps", type=int, default=2500)
+    ap.add_argument("--tee-steps", type=int, default=500)
+    ap.add_argument("--pretrain-steps", type=int, default=400)
+    ap.add_argument("--finetune-steps", type=int, default=1200)
     ap.add_argument("--fusion", default="4x256", help="LAYERSxHIDDEN of the random-init fusion")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--beam-size", type=int, default=5)
     ap.add_argument("--mask-prob", type=float, default=0.4, help="fine-tuning: masked share of caption tokens")
     ap.add_argument("--max-masked", type=int, default=8)
+    ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java process is the slow part)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.monotonic()
     trained = load_captioner(os.path.join(work, "caption"))
-    after = evaluate(trained, va["captions_json"], images, beam_size=args.beam_size)
+    after = evaluate(trained, va["captions_json"], images, beam_size=args.beam_size, meteor=not args.no_meteor)
     times["evaluate_trained"] = round(time.monotonic() - t, 1)
     total = round(time.monotonic() - t0, 1)
 
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                              num_heads=c.num_heads, intermediate_size=c.intermediate_size,
                              max_caption_tokens=c.max_caption_tokens, max_tag_tokens=c.max_tag_tokens,
                              max_regions=c.max_regions, task="captioning")
-    before = evaluate(StudentCaptioner(raw, tok, "untrained"), va["captions_json"], images, beam_size=args.beam_size)
+    before = evaluate(StudentCaptioner(raw, tok, "untrained"), va["captions_json"], images, beam_size=args.beam_size,
+                      meteor=not args.no_meteor)
 
     s, u = after["results"]["student vs references"], before["results"]["student vs references"]
     samples = list(after["predictions"].items())[:5]

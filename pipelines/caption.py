@@ -110,6 +110,9 @@ def run(argv: list[str] | None = None, out=None, err=None) -> int:
         msg = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
         print(f"caption: error: {msg}", file=err)
         return EXIT_USAGE
+    if captioner.config.init == "tiny":
+        print(f"caption: note: {args.checkpoint} grew from a tiny-random fusion (a test model): its captions "
+              "show the plumbing works, not what a student can do", file=err)
     size = captioner.model.tee.config.image_size
     failed = 0
     with ThreadPoolExecutor(args.io_threads) as pool:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from models.captioning import region_inputs, tag_token_ids, tags_from_regions, text_inputs
+from pipelines.pretraining import iter_rows, region_problem
 from pipelines.training import ResumableStream, shuffled
 
 log = logging.getLogger(__name__)
@@ -92,34 +93,6 @@ def read_coco_captions(path: str) -> dict[str, list[str]]:
     return out
 
 
-def iter_region_rows(files: list[str], columns: list[str], readers: int = 1, slot: int = 0, batch_rows: int = 256):
-    """Rows of corpus or features shards (features/boxes as flat arrays), this reader's share."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    by_shard = len(files) >= readers
-    mine = files[slot::readers] if by_shard else files
-    position = 0
-    for f in mine:
-        with fsspec.open(f, "rb") as fh:
-            for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=columns):
-                feats, boxes = rb.column("features"), rb.column("boxes")
-                flat = feats.flatten().to_numpy(zero_copy_only=False)
-                offsets = feats.offsets.to_numpy()
-                offsets = offsets - offsets[0]  # flatten() honours slicing; offsets are absolute
-                box_flat = boxes.flatten().flatten().to_numpy(zero_copy_only=False)
-                box_off = boxes.offsets.to_numpy()
-                box_off = box_off - box_off[0]
-                meta = rb.select([c for c in columns if c not in ("features", "boxes")]).to_pylist()
-                for j, row in enumerate(meta):
-                    position += 1
-                    if not by_shard and (position - 1) % readers != slot:
-                        continue
-                    row["features"] = flat[offsets[j]:offsets[j + 1]]
-                    row["boxes"] = box_flat[box_off[j] * 4:box_off[j + 1] * 4]
-                    yield row
-
-
 class CaptionStream(ResumableStream):
     """Corpus shards (references=None) or features shards + COCO references -> CaptionSamples."""
 
@@ -138,7 +111,7 @@ class CaptionStream(ResumableStream):
     def items(self, epoch: int, readers: int, slot: int):
         order = list(self.files)
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        rows = iter_region_rows(order, self.columns, readers, slot)
+        rows = iter_rows(order, readers, slot, columns=self.columns)
         return shuffled(rows, self.shuffle_buffer, random.Random((self.seed + 1) * 1_000_003 + epoch))
 
     def captions_of(self, row: dict) -> list[str]:
@@ -148,7 +121,7 @@ class CaptionStream(ResumableStream):
 
     def load(self, row: dict, rng: np.random.Generator) -> CaptionSample | None:
         captions = self.captions_of(row)
-        reason = "no caption" if not captions else _region_problem(row, self.feature_dim)
+        reason = "no caption" if not captions else region_problem(row, self.feature_dim)
         if reason:
             self.skipped[reason] += 1
             if self.skipped[reason] <= 10 or self.skipped[reason] % 1000 == 0:
@@ -164,22 +137,6 @@ class CaptionStream(ResumableStream):
                              features=row["features"].reshape(n, d)[:keep].astype(np.float32),
                              boxes=row["boxes"].reshape(n, 4)[:keep].astype(np.float32),
                              seed=int(rng.integers(2**63 - 1)))
-
-
-def _region_problem(row: dict, feature_dim: int) -> str | None:
-    try:
-        n, d = int(row["num_regions"]), int(row["feature_dim"])
-    except (TypeError, ValueError, KeyError):
-        return "malformed region counts"
-    if d != feature_dim:
-        return f"feature_dim {d} != the student's {feature_dim}"
-    if n < 1 or row["features"] is None or len(row["features"]) != n * d:
-        return "features do not match num_regions x feature_dim"
-    if row["boxes"] is None or len(row["boxes"]) != n * 4:
-        return "boxes do not match num_regions"
-    if not np.isfinite(row["features"]).all():
-        return "non-finite features"
-    return None
 
 
 class CaptionCollate:

@@ -131,7 +131,8 @@ def run(argv: list[str] | None = None) -> int:
     if args.output:
         summary = {k: v for k, v in report.items() if k != "predictions"}
         summary.update(checkpoint=args.checkpoint, references=args.references, images_root=args.images,
-                       teacher_labels=args.teacher_labels)
+                       teacher_labels=args.teacher_labels,
+                       student_init="tiny-random" if captioner.config.init == "tiny" else captioner.config.init)
         storage.write_text(storage.join(args.output, "caption_eval.json"), json.dumps(summary, indent=2))
         storage.write_text(storage.join(args.output, "predictions.jsonl"), "".join(
             json.dumps({"image_id": i, **p}) + "\n" for i, p in report["predictions"].items()))

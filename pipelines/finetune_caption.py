@@ -18,11 +18,10 @@ import logging
 import sys
 from dataclasses import asdict, replace
 
-import torch
 
 from pipelines import storage
 from pipelines.train_tee import EXIT_USAGE, add_train_flags, train_config
-from pipelines.training import Trainer, fit_and_report, init_distributed
+from pipelines.training import Trainer, fit_and_report, init_distributed, validate
 
 
 def parse_args(argv):
@@ -134,32 +133,8 @@ def run(argv: list[str] | None = None) -> int:
 
     def evaluate(m):
         """Mean masked-caption loss and accuracy over at most --val-batches batches, the same each time."""
-        import numpy as np
-
         val = stream(val_files, val_refs, cfg.seed, cfg.batch_size, 1)
-        sums: dict[str, float] = {}
-        n, pending = 0, []
-        device = next(m.parameters()).device
-
-        def step(samples):
-            out = m({k: v.to(device) for k, v in collate(samples).items()})
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-
-        with torch.inference_mode():
-            for i, row in enumerate(val.items(0, 1, 0)):
-                sample = val.load(row, np.random.default_rng((cfg.seed, i)))
-                if sample is not None:
-                    pending.append(sample)
-                if len(pending) == cfg.batch_size:
-                    step(pending)
-                    n, pending = n + 1, []
-                    if n >= args.val_batches:
-                        break
-            if pending and n < args.val_batches:
-                step(pending)
-                n += 1
-        return {f"val_{k}": v / n for k, v in sums.items()} if n else {}
+        return validate(m, val, collate, max_batches=args.val_batches, seed=cfg.seed)
 
     def save(m, directory):
         m.save_pretrained(directory, tokenizer)

@@ -86,8 +86,11 @@ def extractors(files: list[str]) -> Counter:
     return seen
 
 
-def iter_rows(files: list[str], readers: int = 1, slot: int = 0, batch_rows: int = 256):
-    """Rows of the given shards as dicts (features kept as one float16 array), this reader's share."""
+def iter_rows(files: list[str], readers: int = 1, slot: int = 0, batch_rows: int = 256,
+              columns: list[str] = COLUMNS):
+    """Rows of the given shards as dicts (features and boxes kept as flat arrays), this reader's share.
+
+    `columns` must include features and boxes; corpus and features tables both work."""
     import fsspec
     import pyarrow.parquet as pq
 
@@ -97,7 +100,7 @@ def iter_rows(files: list[str], readers: int = 1, slot: int = 0, batch_rows: int
     for f in mine:
         with fsspec.open(f, "rb") as fh:
             pf = pq.ParquetFile(fh)
-            for rb in pf.iter_batches(batch_size=batch_rows, columns=COLUMNS):
+            for rb in pf.iter_batches(batch_size=batch_rows, columns=columns):
                 feats, boxes = rb.column("features"), rb.column("boxes")
                 flat = feats.flatten().to_numpy(zero_copy_only=False)  # float16, all rows of the batch
                 offsets = feats.offsets.to_numpy()
@@ -105,7 +108,7 @@ def iter_rows(files: list[str], readers: int = 1, slot: int = 0, batch_rows: int
                 box_flat = boxes.flatten().flatten().to_numpy(zero_copy_only=False)
                 box_off = boxes.offsets.to_numpy()
                 box_off = box_off - box_off[0]
-                meta = rb.select(["image_id", "captions", "tags", "num_regions", "feature_dim"]).to_pylist()
+                meta = rb.select([c for c in columns if c not in ("features", "boxes")]).to_pylist()
                 for j, row in enumerate(meta):
                     position += 1
                     if not by_shard and (position - 1) % readers != slot:
@@ -149,7 +152,15 @@ class CorpusStream(ResumableStream):
 
 
 def _problem(row: dict, feature_dim: int) -> str | None:
-    """Why a corpus row cannot train the student, or None."""
+    """Why a corpus row cannot pre-train the student, or None."""
+    reason = region_problem(row, feature_dim)
+    if reason is None and (not row.get("captions") or not any((c.get("text") or "").strip() for c in row["captions"])):
+        return "no caption"
+    return reason
+
+
+def region_problem(row: dict, feature_dim: int) -> str | None:
+    """Why a row's regions cannot feed the student, or None (shared with caption fine-tuning)."""
     try:
         n, d = int(row["num_regions"]), int(row["feature_dim"])
     except (TypeError, ValueError, KeyError):
@@ -162,8 +173,6 @@ def _problem(row: dict, feature_dim: int) -> str | None:
         return "boxes do not match num_regions"
     if not np.isfinite(row["features"]).all():
         return "non-finite features"
-    if not row.get("captions") or not any((c.get("text") or "").strip() for c in row["captions"]):
-        return "no caption"
     return None
 
 

@@ -15,11 +15,10 @@ import logging
 import sys
 from dataclasses import asdict
 
-import torch
 
 from pipelines import storage
 from pipelines.train_tee import EXIT_USAGE, add_train_flags, train_config
-from pipelines.training import Trainer, fit_and_report, init_distributed
+from pipelines.training import Trainer, fit_and_report, init_distributed, validate
 
 
 def parse_args(argv):
@@ -110,41 +109,12 @@ def run(argv: list[str] | None = None) -> int:
         return net(batch)
 
     def evaluate(m):
-        """Mean losses over at most --val-batches batches of one pass over the held-out split.
-
-        The same rows, captions, masks and pollution every time: val numbers are comparable across steps.
-        """
-        import numpy as np
-
+        """Mean losses over at most --val-batches batches of the held-out split, the same each time."""
         val = CorpusStream(val_files, feature_dim=c.region_feature_dim, max_regions=c.max_regions,
                            shuffle_buffer=1, seed=cfg.seed, batch_size=cfg.batch_size)
-        sums: dict[str, float] = {}
-        n, pending = 0, []
-        device = next(m.parameters()).device
-
-        def step(samples):
-            batch = collate(samples)
-            out = m({k: v.to(device) for k, v in batch.items()})
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-
-        with torch.inference_mode():
-            for i, row in enumerate(val.items(0, 1, 0)):
-                sample = val.load(row, np.random.default_rng((cfg.seed, i)))
-                if sample is not None:
-                    pending.append(sample)
-                if len(pending) == cfg.batch_size:
-                    step(pending)
-                    n, pending = n + 1, []
-                    if n >= args.val_batches:
-                        break
-            if pending and n < args.val_batches:
-                step(pending)
-                n += 1
-        if n == 0:
-            return {}
-        metrics = {f"val_{k}": v / n for k, v in sums.items()}
-        metrics["val_loss"] = metrics["val_mlm_loss"] + metrics["val_contrastive_loss"]
+        metrics = validate(m, val, collate, max_batches=args.val_batches, seed=cfg.seed)
+        if metrics:
+            metrics["val_loss"] = metrics["val_mlm_loss"] + metrics["val_contrastive_loss"]
         return metrics
 
     def save(m, directory):

@@ -195,6 +195,36 @@ def shuffled(items: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
 
 # ---- the loop -----------------------------------------------------------------------
 
+def validate(model: torch.nn.Module, stream: ResumableStream, collate: Callable, *, max_batches: int,
+             seed: int) -> dict[str, float]:
+    """Mean of the model's outputs over at most `max_batches` batches of one pass over `stream`
+    (epoch 0, one reader), keys prefixed `val_`. The same rows and the same random draws every
+    time, so validation numbers compare across steps."""
+    sums: dict[str, float] = {}
+    n, pending = 0, []
+    device = next(model.parameters()).device
+
+    def step(samples):
+        out = model({k: v.to(device) for k, v in collate(samples).items()})
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+
+    with torch.inference_mode():
+        for i, item in enumerate(stream.items(0, 1, 0)):
+            sample = stream.load(item, np.random.default_rng((seed, i)))
+            if sample is not None:
+                pending.append(sample)
+            if len(pending) == stream.batch_size:
+                step(pending)
+                n, pending = n + 1, []
+                if n >= max_batches:
+                    break
+        if pending and n < max_batches:
+            step(pending)
+            n += 1
+    return {f"val_{k}": v / n for k, v in sums.items()} if n else {}
+
+
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:

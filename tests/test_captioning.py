@@ -251,7 +251,8 @@ def test_caption_cli_reports_bad_images_and_goes_on(finetuned, tmp_path):
     out = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [o["path"] for o in out] == [good] and out[0]["caption"] and isinstance(out[0]["tags"], list)
     err = [line for line in proc.stderr.splitlines() if line.startswith("caption:")]
-    assert len(err) == 2 and "broken.jpg" in err[0] and "missing.png" in err[1]
+    assert err[0].startswith("caption: note:") and "tiny-random" in err[0]  # what made these captions
+    assert len(err) == 3 and "broken.jpg" in err[1] and "missing.png" in err[2]
 
 
 def test_caption_cli_refuses_a_checkpoint_that_cannot_caption(finetuned):

@@ -1,5 +1,4 @@
 """Caption reranking: the tagger's image-text model scores each caption against its image."""
-import csv
 import itertools
 import json
 import re
@@ -11,9 +10,9 @@ import torch
 import teachers
 from pipelines.handlers import HandlerOptions, TeacherHandler, Work
 from pipelines.sources import ImageRef
-from schemas import FAILURES, LABELS, read_table
-from tests.conftest import SAMPLE_CSV, run_cli
+from tests.conftest import run_cli
 from tests.imagegen import gradient
+from tests.test_cli import _manifest_ids, _outputs
 
 TINY = ["--runner", "DirectRunner", "--captioner", "tiny", "--tagger", "tiny"]
 CAPTIONS = ["--num-captions", "3", "--num-beams", "3", "--max-new-tokens", "6"]
@@ -114,17 +113,6 @@ def test_rerank_params_and_measures():
 
 
 # ---- the labeling job's command line -------------------------------------------------
-
-def _manifest_ids():
-    with open(SAMPLE_CSV, newline="") as f:
-        return [r["ImageID"] for r in csv.DictReader(f)]
-
-
-def _outputs(out):
-    labels = read_table(str(out / "labels"), LABELS).to_pylist()
-    failures = read_table(str(out / "failures"), FAILURES).to_pylist()
-    return labels, failures, json.loads((out / "run.json").read_text())
-
 
 def _accounted(labels, failures, run, ids):
     assert sorted([r["image_id"] for r in labels] + [r["image_id"] for r in failures]) == sorted(ids)
