@@ -127,7 +127,7 @@ class _Step:
         return F.log_softmax(logits, dim=-1)
 
 
-def greedy(step: _Step, batch: int, max_length: int) -> list[tuple[list[int], float]]:
+def greedy_search(step: _Step, batch: int, max_length: int) -> list[tuple[list[int], float]]:
     """The most likely next token each step -> per context (word ids, mean log-prob)."""
     device, sep = step.base["input_ids"].device, step.config.sep_token_id
     prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
@@ -170,10 +170,11 @@ def beam_search(step: _Step, batch: int, beam_size: int, max_length: int, length
     ended: list[list[tuple[float, list[int], float]]] = [[] for _ in range(batch)]
     done = [False] * batch
     for t in range(max_length):
-        logp = step(prefix, rows).double().cpu().view(batch, k, -1)  # (B, K, V)
+        logp = step(prefix, rows).double().view(batch, k, -1)  # (B, K, V), on the model's device
         vocab = logp.shape[-1]
-        cand = (scores[:, :, None] + logp).view(batch, -1)  # (B, K*V)
-        top, index = cand.topk(2 * k, dim=-1)  # (B, 2K): enough to refill K beams after [SEP]s
+        cand = (scores.to(device)[:, :, None] + logp).view(batch, -1)  # (B, K*V)
+        # (B, 2K): enough to refill K beams after [SEP]s; only these leave the device
+        top, index = (x.cpu() for x in cand.topk(2 * k, dim=-1))
         keep_beam = torch.zeros(batch, k, dtype=torch.long)
         keep_token = torch.full((batch, k), step.config.pad_token_id, dtype=torch.long)
         new_scores = torch.full((batch, k), -math.inf, dtype=torch.float64)
@@ -259,13 +260,10 @@ class StudentCaptioner:
             return []
         step = _Step(self.model, tag_token_ids(self.tokenizer, tags, c.max_tag_tokens),
                      region_inputs(features, boxes, c.region_feature_dim), self.banned)
-        found = (_greedy(step, len(features), max_length) if greedy
+        found = (greedy_search(step, len(features), max_length) if greedy
                  else beam_search(step, len(features), beam_size, max_length))
         return [Caption(text=self.tokenizer.decode(words, skip_special_tokens=True).strip(), score=score,
                         tags=tuple(t)) for (words, score), t in zip(found, tags)]
-
-
-_greedy = greedy  # the method's flag shadows the function's name inside caption_regions
 
 
 def resolve_checkpoint(path: str) -> str:

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Iterable, Iterator
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -94,6 +94,20 @@ def _batches(items: Iterator, n: int) -> Iterator[list]:
         yield batch
 
 
+def caption_paths(captioner, paths: Iterable[str], *, beam_size: int = 5, max_length: int = 20,
+                  greedy: bool = False, batch_size: int = 8, io_threads: int = 8) -> Iterator[tuple]:
+    """Image paths -> (path, Caption or None, problem or None), in input order. Images are
+    read and decoded ahead of the model in threads; a bad one costs only its own entry."""
+    size = captioner.model.tee.config.image_size
+    with ThreadPoolExecutor(io_threads) as pool:
+        for batch in _batches(pool.map(lambda p: _read(p, size), paths), batch_size):
+            good = [img for _, img, problem in batch if problem is None]
+            captions = iter(captioner(good, beam_size=beam_size, max_length=max_length, greedy=greedy)
+                            if good else [])
+            for path, _, problem in batch:
+                yield path, (next(captions) if problem is None else None), problem
+
+
 def run(argv: list[str] | None = None, out=None, err=None) -> int:
     from models.captioning import load_captioner
 
@@ -113,24 +127,17 @@ def run(argv: list[str] | None = None, out=None, err=None) -> int:
     if captioner.config.init == "tiny":
         print(f"caption: note: {args.checkpoint} grew from a tiny-random fusion (a test model): its captions "
               "show the plumbing works, not what a student can do", file=err)
-    size = captioner.model.tee.config.image_size
     failed = 0
-    with ThreadPoolExecutor(args.io_threads) as pool:
-        # map keeps input order and reads ahead of the model
-        decoded = pool.map(lambda p: _read(p, size), expand(args.images))
-        for batch in _batches(decoded, args.batch_size):
-            good = [(p, img) for p, img, problem in batch if problem is None]
-            captions = iter(captioner([img for _, img in good], beam_size=args.beam_size,
-                                      max_length=args.max_length, greedy=args.greedy) if good else [])
-            for path, _, problem in batch:
-                if problem is not None:
-                    failed += 1
-                    print(f"caption: {path}: {problem}", file=err, flush=True)
-                    continue
-                c = next(captions)
-                line = (json.dumps({"path": path, "caption": c.text, "score": round(c.score, 5),
-                                    "tags": list(c.tags)}) if args.json else f"{path}\t{c.text}")
-                print(line, file=out, flush=True)
+    for path, c, problem in caption_paths(captioner, expand(args.images), beam_size=args.beam_size,
+                                          max_length=args.max_length, greedy=args.greedy,
+                                          batch_size=args.batch_size, io_threads=args.io_threads):
+        if problem is not None:
+            failed += 1
+            print(f"caption: {path}: {problem}", file=err, flush=True)
+            continue
+        line = (json.dumps({"path": path, "caption": c.text, "score": round(c.score, 5), "tags": list(c.tags)})
+                if args.json else f"{path}\t{c.text}")
+        print(line, file=out, flush=True)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

@@ -17,7 +17,6 @@ max_masked); of those 80% become [MASK], 10% a random token, 10% stay.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -65,29 +64,16 @@ class CaptionSample:
 
 def read_coco_captions(path: str) -> dict[str, list[str]]:
     """COCO captions JSON -> captions keyed by every name a features row may carry for the image
-    (file stem and id). Held in memory: COCO train is ~600k captions, ~60 MB."""
-    import fsspec
+    (its id and its file stem). Held in memory: COCO train is ~600k captions, ~60 MB."""
+    from pipelines.caption_metrics import read_coco_references
 
-    with fsspec.open(path, "r", encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
-        raise ValueError(f"{path} is not a COCO captions file (needs 'images' and 'annotations')")
-    names = {}
-    for img in data["images"]:
-        stem = os.path.splitext(os.path.basename(str(img.get("file_name", ""))))[0]
-        names[img["id"]] = {str(img["id"]), stem} - {""}
+    files, refs = read_coco_references(path)
     out: dict[str, list[str]] = {}
-    unknown = 0
-    for ann in data["annotations"]:
-        text = str(ann.get("caption") or "").strip()
-        if ann.get("image_id") not in names:
-            unknown += 1
-            continue
-        if text:
-            for key in names[ann["image_id"]]:
-                out.setdefault(key, []).append(text)
-    if unknown:
-        log.warning("%s: %d annotations name an image that is not in 'images'; ignored", path, unknown)
+    for image_id, captions in refs.items():
+        out[image_id] = captions
+        stem = os.path.splitext(os.path.basename(files[image_id]))[0]
+        if stem:
+            out.setdefault(stem, captions)
     if not out:
         raise ValueError(f"{path} holds no captions")
     return out

@@ -51,24 +51,16 @@ def parse_args(argv):
 def caption_files(captioner, paths: dict[str, str], *, beam_size: int, max_length: int, greedy: bool,
                   batch_size: int) -> tuple[dict[str, dict], dict[str, str]]:
     """{image id: path} -> ({id: {caption, score, tags}}, {id: why it failed})."""
-    from concurrent.futures import ThreadPoolExecutor
+    from pipelines.caption import caption_paths
 
-    from pipelines.caption import _read
-
-    size = captioner.model.tee.config.image_size
-    ids = list(paths)
     out, failed = {}, {}
-    with ThreadPoolExecutor(8) as pool:
-        for start in range(0, len(ids), batch_size):
-            chunk = ids[start:start + batch_size]
-            read = list(pool.map(lambda i: _read(paths[i], size), chunk))
-            good = [(i, img) for i, (_, img, problem) in zip(chunk, read) if problem is None]
-            failed.update({i: problem for i, (_, _, problem) in zip(chunk, read) if problem is not None})
-            if not good:
-                continue
-            for (i, _), c in zip(good, captioner([img for _, img in good], beam_size=beam_size,
-                                                 max_length=max_length, greedy=greedy)):
-                out[i] = {"caption": c.text, "score": c.score, "tags": list(c.tags)}
+    found = caption_paths(captioner, paths.values(), beam_size=beam_size, max_length=max_length, greedy=greedy,
+                          batch_size=batch_size)
+    for image_id, (_, c, problem) in zip(paths, found):
+        if problem is not None:
+            failed[image_id] = problem
+        else:
+            out[image_id] = {"caption": c.text, "score": c.score, "tags": list(c.tags)}
     return out, failed
 
 

@@ -73,13 +73,10 @@ def data_files(data: str, features: str | None, what: str) -> tuple[list[str], d
 
 
 def run(argv: list[str] | None = None) -> int:
-    import fsspec
-    import pyarrow.parquet as pq
-
     from models.captioning import _tokenizer, resolve_checkpoint
     from models.minivlm import MiniVLM
     from pipelines.caption_data import CaptionCollate, CaptionStream, MaskingConfig
-    from pipelines.pretraining import extractors
+    from pipelines.pretraining import check_extractors, check_shards
 
     args = parse_args(argv)
     try:
@@ -92,10 +89,8 @@ def run(argv: list[str] | None = None) -> int:
             val_files, val_refs, val_schema = data_files(args.train, None, "val")
         else:
             val_files, val_refs, val_schema = [], None, schema
-        for files, s in ((train_files, schema), (val_files, val_schema)):
-            for f in files:
-                with fsspec.open(f, "rb") as fh:
-                    s.check(pq.read_schema(fh), where=f)
+        check_shards(train_files, schema)
+        check_shards(val_files, val_schema)
         init = resolve_checkpoint(args.init)
         model = MiniVLM.from_pretrained(init)
         tokenizer = _tokenizer(init)
@@ -105,12 +100,8 @@ def run(argv: list[str] | None = None) -> int:
         if not 0 <= tag_min <= 1:
             raise ValueError(f"--tag-min-score must be in [0, 1], not {tag_min}")
         model.config = replace(model.config, task="captioning", tag_min_score=tag_min)
-        seen = extractors(train_files)
-        foreign = {k: v for k, v in seen.items() if k != model.config.extractor_id}
-        if foreign and not args.allow_extractor_mismatch:
-            raise ValueError(f"the training features come from {dict(seen)}, but the student's TEE is "
-                             f"{model.config.extractor_id}: extract them with the student's TEE, or pass "
-                             "--allow-extractor-mismatch")
+        seen = check_extractors(train_files, model.config.extractor_id,
+                                allow_mismatch=args.allow_extractor_mismatch, tee=f"--init {args.init}")
     except Exception as e:  # one line for anything wrong with flags, data or models
         print(f"finetune_caption: error: {e}" if isinstance(e, ValueError)
               else f"finetune_caption: error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -61,8 +61,9 @@ def shard_files(path: str) -> list[str]:
     return parquet_files(path)
 
 
-def check_shards(files: list[str]) -> None:
-    """Every shard is a corpus table of a version this release reads (raises SchemaVersionError)."""
+def check_shards(files: list[str], schema=None) -> None:
+    """Every shard is a `schema` table (default: corpus) of a version this release reads
+    (raises SchemaVersionError)."""
     import fsspec
     import pyarrow.parquet as pq
 
@@ -70,7 +71,7 @@ def check_shards(files: list[str]) -> None:
 
     for f in files:
         with fsspec.open(f, "rb") as fh:
-            CORPUS.check(pq.read_schema(fh), where=f)
+            (schema or CORPUS).check(pq.read_schema(fh), where=f)
 
 
 def extractors(files: list[str]) -> Counter:
@@ -83,6 +84,16 @@ def extractors(files: list[str]) -> Counter:
         with fsspec.open(f, "rb") as fh:
             col = pq.read_table(fh, columns=["extractor"]).column("extractor")
         seen.update(col.to_pylist())
+    return seen
+
+
+def check_extractors(files: list[str], extractor_id: str, *, allow_mismatch: bool, tee: str) -> Counter:
+    """Rows per extractor id; ValueError when some came from another TEE than the student's
+    (its features would not match what the student sees at inference), unless allowed."""
+    seen = extractors(files)
+    if any(k != extractor_id for k in seen) and not allow_mismatch:
+        raise ValueError(f"the features come from {dict(seen)}, but the student's TEE ({tee}) is {extractor_id}: "
+                         "use the TEE that extracted them, or pass --allow-extractor-mismatch")
     return seen
 
 

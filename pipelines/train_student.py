@@ -69,7 +69,7 @@ def fusion_shape(spec: str | None, init: str) -> dict:
 def run(argv: list[str] | None = None) -> int:
     from models.minivlm import build_student
     from models.tee import load_tee
-    from pipelines.pretraining import (CorpusStream, ObjectiveConfig, PretrainCollate, check_shards, extractors,
+    from pipelines.pretraining import (CorpusStream, ObjectiveConfig, PretrainCollate, check_extractors, check_shards,
                                        shard_files)
 
     args = parse_args(argv)
@@ -88,12 +88,8 @@ def run(argv: list[str] | None = None) -> int:
         model, tokenizer = build_student(args.init, tee, seed=args.seed, max_caption_tokens=args.max_caption_tokens,
                                          max_tag_tokens=args.max_tag_tokens, max_regions=args.max_regions,
                                          **fusion_shape(args.fusion, args.init))
-        seen = extractors(train_files)
-        foreign = {k: v for k, v in seen.items() if k != model.config.extractor_id}
-        if foreign and not args.allow_extractor_mismatch:
-            raise ValueError(f"corpus features come from {dict(seen)}, but --tee {args.tee} is "
-                             f"{model.config.extractor_id}: pass the TEE that extracted them, or "
-                             "--allow-extractor-mismatch")
+        seen = check_extractors(train_files, model.config.extractor_id,
+                                allow_mismatch=args.allow_extractor_mismatch, tee=f"--tee {args.tee}")
     except Exception as e:  # one line for anything wrong with flags, corpus or models
         print(f"train_student: error: {type(e).__name__}: {e}" if not isinstance(e, ValueError)
               else f"train_student: error: {e}", file=sys.stderr)
