@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["pipelines", "pipelines.*", "models", "models.*", "teachers", "teachers.*",
                                     "schemas", "schemas.*"]),
-    package_data={"teachers": ["vocab/*.csv", "vocab/*.md"]},
+    package_data={"schemas": ["vocabularies/*.csv", "vocabularies/*.md"]},
     install_requires=[
         # Pinned together: this torch/torchvision pair is the one tested; other pairs
         # mismatch their compiled operators.
@@ -42,6 +42,19 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2024.8", "moto[server]>=5"],
     },
     entry_points={
-        "console_scripts": ["minivlm-pseudo-label=pipelines.pseudo_label:main"],
+        # One per command (python -m pipelines.X == minivlm-X, underscores as dashes).
+        "console_scripts": [
+            "minivlm-pseudo-label=pipelines.pseudo_label:main",
+            "minivlm-extract-features=pipelines.extract_features:main",
+            "minivlm-build-corpus=pipelines.build_corpus:main",
+            "minivlm-train-tee=pipelines.train_tee:main",
+            "minivlm-evaluate-tee=pipelines.evaluate_tee:main",
+            "minivlm-train-student=pipelines.train_student:main",
+            "minivlm-finetune-caption=pipelines.finetune_caption:main",
+            "minivlm-caption=pipelines.caption:main",
+            "minivlm-evaluate-captions=pipelines.evaluate_captions:main",
+            "minivlm-report=pipelines.report:main",
+            "minivlm-evaluate-tags=pipelines.evaluate_tags:main",
+        ],
     },
 )

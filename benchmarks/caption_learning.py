@@ -133,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup-steps", str(args.finetune_steps // 20), "--mask-prob", str(args.mask_prob),
         "--max-masked", str(args.max_masked), *common], times)
 
-    from models.captioning import load_captioner
+    from models.captioning import load_student_captioner
 
     t = time.monotonic()
-    trained = load_captioner(os.path.join(work, "caption"))
+    trained = load_student_captioner(os.path.join(work, "caption"))
     after = evaluate(trained, va["captions_json"], images, beam_size=args.beam_size, meteor=not args.no_meteor)
     times["evaluate_trained"] = round(time.monotonic() - t, 1)
     total = round(time.monotonic() - t0, 1)

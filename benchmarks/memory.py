@@ -27,7 +27,7 @@ from pathlib import Path
 
 import apache_beam as beam
 
-from pipelines.labeling import FAILED, KIND, LabelJob, MakeRow, commit_outputs, read_images
+from pipelines.beam.labeling import FAILED, KIND, LabelJob, MakeRow, commit_outputs, read_images
 from schemas import LABELS, labels_row
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +94,8 @@ def run_decode_write(argv: list[str]) -> int:
     Same flags, same launcher (jobrun.run_job: output checks, run.json, counts read
     back from the files, the consistency check), same stages, real Parquet parts.
     """
-    from pipelines import jobrun, pseudo_label
+    from pipelines import pseudo_label
+    from pipelines.beam import jobrun
 
     args, beam_args = pseudo_label.parse_args(argv)
 

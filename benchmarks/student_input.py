@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
     from models.minivlm import build_student, bundled_bert_dir
     from models.tee import build_tee
-    from pipelines.pretraining import CorpusStream, ObjectiveConfig, PretrainCollate
+    from pipelines.train.pretrain_data import CorpusStream, ObjectiveConfig, PretrainCollate
 
     tee = build_tee("tee-d0").requires_grad_(False)
     model, tok = build_student(bundled_bert_dir(), tee)

@@ -28,8 +28,8 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines import storage
-from pipelines.sources import OPENIMAGES_COLUMNS
+from pipelines.data import storage
+from pipelines.data.sources import OPENIMAGES_COLUMNS
 
 SHAPES = ("circle", "square", "triangle", "star")
 LABEL_PREFIX = "/synth/"

@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.synthetic_scenes import write_dataset
     from models.tee import TEE, build_tee
-    from pipelines import sources
-    from pipelines.boxes import read_classes
-    from pipelines.detection_data import DetectionData
-    from pipelines.evaluate_tee import evaluate
+    from pipelines.data import sources
+    from pipelines.data.annotations import read_classes
+    from pipelines.train.detection_data import DetectionData
+    from pipelines.eval.tee import evaluate_tee
     from pipelines.train_tee import run as train
 
     work = args.work or tempfile.mkdtemp(prefix="tee_learning_")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                         classes=classes)
 
     untrained = build_tee(args.tee, classes=classes, seed=args.seed, image_size=args.image_size)
-    before = evaluate(untrained, val, batch_size=args.batch_size)
+    before = evaluate_tee(untrained, val, batch_size=args.batch_size)
 
     run_dir = os.path.join(work, "run")
     t1 = time.monotonic()
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tee_learning: training failed (exit {rc})", file=sys.stderr)
         return rc
     trained = TEE.from_pretrained(os.path.join(run_dir, "model"))
-    after = evaluate(trained, val, batch_size=args.batch_size)
+    after = evaluate_tee(trained, val, batch_size=args.batch_size)
 
     cfg = trained.config
     result = {

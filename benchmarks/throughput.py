@@ -9,7 +9,7 @@ Same teacher (a BLIP captioner of a mid-sized config with random weights, saved 
 local directory), same images (generated JPEGs), same batch size, same torch thread
 count, each side in a fresh interpreter:
 
-  (a) bare loop: read the file, `pipelines.images.decode_image` at the job's decode
+  (a) bare loop: read the file, `pipelines.data.images.decode_image` at the job's decode
       size, `teachers.load_captioner(...)` called on batches of --batch-size images;
   (b) the job: `python -m pipelines.pseudo_label --runner DirectRunner --captioner DIR
       --tagger none ...` writing Parquet parts.
@@ -70,12 +70,12 @@ def build_captioner(out_dir: str, size: str = "mid", max_new_tokens: int = 20) -
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
     from transformers.utils import logging as hf_logging
 
-    from teachers.registry import _bert_tokenizer
+    from teachers.registry import bert_tokenizer
 
     hf_logging.disable_progress_bar()
 
     c = SIZES[size]
-    tok = _bert_tokenizer(bos_token="[DEC]")
+    tok = bert_tokenizer(bos_token="[DEC]")
     tower = dict(hidden_size=c["hidden"], intermediate_size=c["intermediate"], num_hidden_layers=c["layers"],
                  num_attention_heads=c["heads"])
     # As the tiny BLIP (teachers/registry.py): decodes from [DEC], stops at [SEP].
@@ -168,7 +168,7 @@ def child_main(argv: list[str]) -> int:
 def _loop(model_dir: str, image_dir: str, batch_size: str, decode_size: str, max_new_tokens: str) -> dict:
     import torch
 
-    from pipelines.images import decode_image
+    from pipelines.data.images import decode_image
     from teachers import CaptionParams, load_captioner
 
     params = CaptionParams(num_captions=1, num_beams=1, max_new_tokens=int(max_new_tokens))

@@ -1,5 +1,3 @@
-"""Student models: TEE region feature extractor and the MiniVLM fusion transformer.
-
-Empty in this release: the package exists so that setup.py ships the layout the later
-stages (feature extraction, student training) fill in.
-"""
+"""The student: the TEE region feature extractor (tee.py, on bifpn.py), the MiniVLM fusion
+transformer with its pre-training heads and registry (minivlm.py), caption decoding
+(captioning.py), and the one on-disk format they share (persistence.py)."""

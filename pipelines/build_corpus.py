@@ -4,7 +4,7 @@
 
 Writes CORPUS/shards/train-*-of-*.parquet, CORPUS/val/val-*-of-*.parquet (schemas.CORPUS)
 and CORPUS/run.json (options, counts, extractor and teacher ids seen, versions, times).
-The pipeline is pipelines.corpus.build; every flag this parser does not know is a Beam
+The pipeline is pipelines.beam.corpus.build; every flag this parser does not know is a Beam
 pipeline option, so the same command runs on the DirectRunner and on Dataflow.
 Exit codes: 0 done, 1 the job failed or its files disagree with its counters, 2 usage
 (bad flags, missing inputs, a table of a schema version this release cannot read).
@@ -24,8 +24,10 @@ import fsspec
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from pipelines import corpus, sinks, storage
-from pipelines.jobrun import EXIT_FAILED, EXIT_USAGE, UsageError, counter, execute, versions
+from pipelines.beam import corpus, sinks
+from pipelines.beam.jobrun import counter, execute, versions
+from pipelines.cli import EXIT_FAILED, EXIT_USAGE, UsageError
+from pipelines.data import storage
 from schemas import SchemaVersionError
 from schemas.io import parquet_files
 

@@ -11,16 +11,12 @@ captioned and the exit code is 1. A checkpoint that cannot caption: one line, ex
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
-import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+from pipelines.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pipelines.infer.captions import caption_paths, expand
 
 
 def parse_args(argv):
@@ -41,80 +37,14 @@ def parse_args(argv):
     return args
 
 
-def expand(patterns: list[str]) -> Iterator[str]:
-    """Files, globs and folders -> image paths (folders: their image files, sorted). Unmatched
-    patterns are yielded as they are, so the reader reports them per path."""
-    import fsspec
-
-    for pattern in patterns:
-        if "://" in pattern:
-            fs, root = fsspec.core.url_to_fs(pattern)
-            proto = pattern.split("://", 1)[0]
-            if any(ch in root for ch in "*?["):
-                found = sorted(fs.glob(root))
-            elif fs.isdir(root):
-                found = sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_EXTENSIONS))
-            else:
-                found = [root]
-            yield from (f"{proto}://{p}" for p in found) if found else [pattern]
-        elif any(ch in pattern for ch in "*?["):
-            yield from sorted(glob.glob(pattern, recursive=True)) or [pattern]
-        elif os.path.isdir(pattern):
-            yield from sorted(os.path.join(d, f) for d, _, files in os.walk(pattern) for f in files
-                              if f.lower().endswith(IMAGE_EXTENSIONS))
-        else:
-            yield pattern
-
-
-def read_image(path: str, size: int = 512):
-    """path (local, gs://, s3://) -> (H, W, 3) uint8 oriented RGB with the shorter side near `size`
-    (the TEE letterboxes it to its own input size); raises on bad input."""
-    from pipelines import storage
-    from pipelines.images import decode_image
-
-    return decode_image(storage.read_bytes(path), target_size=size).pixels
-
-
-def _read(path: str, size: int):
-    try:
-        return path, read_image(path, size), None
-    except Exception as e:  # every way an image can fail is this image's problem, not the run's
-        reason = getattr(e, "reason", type(e).__name__)
-        return path, None, f"{reason}: {e}"
-
-
-def _batches(items: Iterator, n: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def caption_paths(captioner, paths: Iterable[str], *, beam_size: int = 5, max_length: int = 20,
-                  greedy: bool = False, batch_size: int = 8, io_threads: int = 8) -> Iterator[tuple]:
-    """Image paths -> (path, Caption or None, problem or None), in input order. Images are
-    read and decoded ahead of the model in threads; a bad one costs only its own entry."""
-    size = captioner.model.tee.config.image_size
-    with ThreadPoolExecutor(io_threads) as pool:
-        for batch in _batches(pool.map(lambda p: _read(p, size), paths), batch_size):
-            good = [img for _, img, problem in batch if problem is None]
-            captions = iter(captioner(good, beam_size=beam_size, max_length=max_length, greedy=greedy)
-                            if good else [])
-            for path, _, problem in batch:
-                yield path, (next(captions) if problem is None else None), problem
-
-
 def run(argv: list[str] | None = None, out=None, err=None) -> int:
-    from models.captioning import load_captioner
+    from models.captioning import load_student_captioner
+    from models.minivlm import TINY_STUDENT, tiny_name
 
     out, err = out or sys.stdout, err or sys.stderr
     args = parse_args(argv)
     try:
-        captioner = load_captioner(args.checkpoint, device=args.device)
+        captioner = load_student_captioner(args.checkpoint, device=args.device)
         if captioner.model.tee is None:
             raise ValueError(f"{args.checkpoint} has no TEE: it cannot caption images")
         if args.max_length > captioner.config.max_caption_tokens:
@@ -124,7 +54,7 @@ def run(argv: list[str] | None = None, out=None, err=None) -> int:
         msg = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
         print(f"caption: error: {msg}", file=err)
         return EXIT_USAGE
-    if captioner.config.init == "tiny":
+    if tiny_name(captioner.config.init) == TINY_STUDENT:
         print(f"caption: note: {args.checkpoint} grew from a tiny-random fusion (a test model): its captions "
               "show the plumbing works, not what a student can do", file=err)
     failed = 0
@@ -138,7 +68,7 @@ def run(argv: list[str] | None = None, out=None, err=None) -> int:
         line = (json.dumps({"path": path, "caption": c.text, "score": round(c.score, 5), "tags": list(c.tags)})
                 if args.json else f"{path}\t{c.text}")
         print(line, file=out, flush=True)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 
 The student captions every image of the references file (IMAGE_ROOT/<file_name>) from its
 pixels (TEE -> fusion -> beam search); BLEU-1..4, METEOR, ROUGE-L and CIDEr-D
-(pycocoevalcap, PTB tokenizer; pipelines.caption_metrics) are computed against the
+(pycocoevalcap, PTB tokenizer; pipelines.eval.captions) are computed against the
 references. With --teacher-labels (a labeling job's labels table for the same images),
 two more rows: the student against the teacher's pseudo captions (how much of the
 teacher the student kept) and the teacher's best caption against the references.
@@ -20,9 +20,8 @@ import logging
 import os
 import sys
 
-from pipelines import storage
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+from pipelines.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pipelines.data import storage
 
 
 def parse_args(argv):
@@ -51,7 +50,7 @@ def parse_args(argv):
 def caption_files(captioner, paths: dict[str, str], *, beam_size: int, max_length: int, greedy: bool,
                   batch_size: int) -> tuple[dict[str, dict], dict[str, str]]:
     """{image id: path} -> ({id: {caption, score, tags}}, {id: why it failed})."""
-    from pipelines.caption import caption_paths
+    from pipelines.infer.captions import caption_paths
 
     out, failed = {}, {}
     found = caption_paths(captioner, paths.values(), beam_size=beam_size, max_length=max_length, greedy=greedy,
@@ -68,7 +67,8 @@ def evaluate(captioner, references: str, images: str, *, teacher_labels: str | N
              max_length: int = 20, greedy: bool = False, batch_size: int = 16, limit: int | None = None,
              meteor: bool = True) -> dict:
     """The whole evaluation as data: {"results": {row name: metrics}, "predictions", "failed", ...}."""
-    from pipelines.caption_metrics import read_coco_references, score_captions, teacher_references
+    from pipelines.data.coco import read_coco_references
+    from pipelines.eval.captions import score_captions, teacher_references
 
     files, refs = read_coco_references(references)
     ids = sorted(refs)[:limit] if limit else sorted(refs)
@@ -100,12 +100,12 @@ def evaluate(captioner, references: str, images: str, *, teacher_labels: str | N
 
 
 def run(argv: list[str] | None = None) -> int:
-    from models.captioning import load_captioner
-    from pipelines.caption_metrics import format_table
+    from models.captioning import load_student_captioner
+    from pipelines.eval.captions import format_table
 
     args = parse_args(argv)
     try:
-        captioner = load_captioner(args.checkpoint, device=args.device)
+        captioner = load_student_captioner(args.checkpoint, device=args.device)
         if captioner.model.tee is None:
             raise ValueError(f"{args.checkpoint} has no TEE: it cannot caption images")
         report = evaluate(captioner, args.references, args.images, teacher_labels=args.teacher_labels,
@@ -128,7 +128,7 @@ def run(argv: list[str] | None = None) -> int:
         storage.write_text(storage.join(args.output, "caption_eval.json"), json.dumps(summary, indent=2))
         storage.write_text(storage.join(args.output, "predictions.jsonl"), "".join(
             json.dumps({"image_id": i, **p}) + "\n" for i, p in report["predictions"].items()))
-    return EXIT_SOME_FAILED if report["failed"] else EXIT_OK
+    return EXIT_FAILED if report["failed"] else EXIT_OK
 
 
 def main() -> None:

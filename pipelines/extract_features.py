@@ -3,7 +3,7 @@
     python -m pipelines.extract_features --runner DirectRunner --tee tiny --output OUT
 
 Same inputs, decoding, failures, resuming and run.json as the labeling job
-(pipelines.jobrun); the pipeline is pipelines.extraction.build. Every other flag is a
+(pipelines.beam.jobrun); the pipeline is pipelines.beam.extraction.build. Every other flag is a
 Beam pipeline option, so the same command runs on the DirectRunner and on Dataflow.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ import argparse
 import logging
 import sys
 
-from pipelines import jobrun
-from pipelines.extraction import KIND, FeatureJob, TEESpec, build
-from pipelines.jobrun import UsageError
+from pipelines.beam import jobrun
+from pipelines.beam.extraction import KIND, FeatureJob, TEESpec, build
+from pipelines.cli import UsageError
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:

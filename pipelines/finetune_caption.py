@@ -3,7 +3,7 @@
     python -m pipelines.finetune_caption --init CKPT --train CORPUS --output CKPT2 --max-steps 20000
     python -m pipelines.finetune_caption --init CKPT --train captions_train.json --features FEATS \\
         --val captions_val.json --val-features FEATS_VAL --output CKPT2 --max-steps 20000
-    scripts/train_student.sh 8 ...   (torchrun: give it `-m pipelines.finetune_caption` flags, see README)
+    scripts/train_student.sh 8 ...   (torchrun: give it `-m pipelines.finetune_caption` flags, see docs/student.md)
 
 --init is a pipelines.train_student output (CKPT or CKPT/model). --train is a distilled
 corpus (pseudo captions as targets; CORPUS/val is the validation split) or a COCO
@@ -18,10 +18,10 @@ import logging
 import sys
 from dataclasses import asdict, replace
 
-
-from pipelines import storage
-from pipelines.train_tee import EXIT_USAGE, add_train_flags, train_config
-from pipelines.training import Trainer, fit_and_report, init_distributed, validate
+from pipelines.cli import EXIT_USAGE
+from pipelines.data import storage
+from pipelines.train.flags import add_train_flags, train_config
+from pipelines.train.loop import Trainer, fit_and_report, init_distributed, validate
 
 
 def parse_args(argv):
@@ -50,8 +50,8 @@ def parse_args(argv):
 
 def data_files(data: str, features: str | None, what: str) -> tuple[list[str], dict | None, object]:
     """--train/--val -> (shard files, COCO references or None, the schema they must have)."""
-    from pipelines.caption_data import read_coco_captions
-    from pipelines.pretraining import shard_files
+    from pipelines.train.caption_data import read_coco_captions
+    from pipelines.train.pretrain_data import shard_files
     from schemas import CORPUS, FEATURES
 
     if data.endswith(".json"):
@@ -73,10 +73,10 @@ def data_files(data: str, features: str | None, what: str) -> tuple[list[str], d
 
 
 def run(argv: list[str] | None = None) -> int:
-    from models.captioning import _tokenizer, resolve_checkpoint
-    from models.minivlm import MiniVLM
-    from pipelines.caption_data import CaptionCollate, CaptionStream, MaskingConfig
-    from pipelines.pretraining import check_extractors, check_shards
+    from models.captioning import resolve_checkpoint
+    from models.minivlm import MiniVLM, load_tokenizer
+    from pipelines.train.caption_data import CaptionCollate, CaptionStream, MaskingConfig
+    from pipelines.train.pretrain_data import check_extractors, check_shards
 
     args = parse_args(argv)
     try:
@@ -93,7 +93,7 @@ def run(argv: list[str] | None = None) -> int:
         check_shards(val_files, val_schema)
         init = resolve_checkpoint(args.init)
         model = MiniVLM.from_pretrained(init)
-        tokenizer = _tokenizer(init)
+        tokenizer = load_tokenizer(init)
         if model.tee is None:
             raise ValueError(f"--init {args.init} has no TEE: captioning from images needs one")
         tag_min = args.tag_min_score if args.tag_min_score is not None else model.tee.config.score_thresh

@@ -4,8 +4,8 @@
 
 App flags (with dashes) are parsed here; every other flag is a Beam pipeline option,
 so the same command runs on the DirectRunner and on Dataflow. The pipeline itself is
-built by pipelines.labeling.build; what every image job's launcher does (output
-preparation, run.json, counts) is pipelines.jobrun.
+built by pipelines.beam.labeling.build; what every image job's launcher does (output
+preparation, run.json, counts) is pipelines.beam.jobrun.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import argparse
 import logging
 import sys
 
-from pipelines import jobrun, storage
-from pipelines.jobrun import DEFAULT_INPUT, EXIT_USAGE, UsageError  # noqa: F401  (part of this CLI's API)
-from pipelines.labeling import KIND, LabelJob, Teacher, build
+from pipelines.beam import jobrun
+from pipelines.beam.labeling import KIND, LabelJob, Teacher, build
+from pipelines.cli import EXIT_USAGE, UsageError  # noqa: F401  (part of this CLI's API)
+from pipelines.data import storage
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -32,9 +33,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
     te = ap.add_argument_group("teachers")
     te.add_argument("--captioner", default=DEFAULT_CAPTIONER,
-                    help="hub id[@revision], local dir, gs:// or s3:// dir, 'tiny' / 'tiny-git', or 'none'")
+                    help="hub id[@revision], local dir, gs:// or s3:// dir, 'tiny' / 'tiny:git', or 'none'")
     te.add_argument("--tagger", default=DEFAULT_TAGGER,
-                    help="hub id[@revision], local dir, gs:// or s3:// dir, 'tiny' / 'tiny-clip', or 'none'")
+                    help="hub id[@revision], local dir, gs:// or s3:// dir, 'tiny' / 'tiny:clip', or 'none'")
     te.add_argument("--num-captions", type=int, default=3)
     te.add_argument("--num-beams", type=int, default=5)
     te.add_argument("--max-new-tokens", type=int, default=30)

@@ -15,10 +15,10 @@ import logging
 import sys
 from dataclasses import asdict
 
-
-from pipelines import storage
-from pipelines.train_tee import EXIT_USAGE, add_train_flags, train_config
-from pipelines.training import Trainer, fit_and_report, init_distributed, validate
+from pipelines.cli import EXIT_USAGE
+from pipelines.data import storage
+from pipelines.train.flags import add_train_flags, train_config
+from pipelines.train.loop import Trainer, fit_and_report, init_distributed, validate
 
 
 def parse_args(argv):
@@ -35,9 +35,10 @@ def parse_args(argv):
     m = ap.add_argument_group("model")
     m.add_argument("--tee", required=True, help="the TEE that made the corpus features: a saved TEE dir or 'tiny'")
     m.add_argument("--init", default="microsoft/MiniLM-L12-H384-uncased",
-                   help="fusion start: hub id, local BERT-architecture dir, 'tiny' (tests) or 'random'")
+                   help="fusion start: hub id, local BERT-architecture dir, or random weights of a registered "
+                        "shape: 'tiny' (tests), 'tiny:<name>' (e.g. tiny:minivlm-l12-h384; 'random' is that one)")
     m.add_argument("--fusion", default=None, metavar="LAYERSxHIDDEN[xHEADS]",
-                   help="with --init random: the fusion's shape, e.g. 4x256 (heads default to hidden/64; FFN 4x)")
+                   help="with a random --init: the fusion's shape, e.g. 4x256 (heads default to hidden/64; FFN 4x)")
     m.add_argument("--max-caption-tokens", type=int, default=35)
     m.add_argument("--max-tag-tokens", type=int, default=15)
     m.add_argument("--max-regions", type=int, default=50)
@@ -53,7 +54,9 @@ def fusion_shape(spec: str | None, init: str) -> dict:
     """--fusion 4x256[x4] -> MiniVLMConfig overrides (random init only: a checkpoint brings its own shape)."""
     if spec is None:
         return {}
-    if init != "random":
+    from models.minivlm import tiny_name
+
+    if tiny_name(init) is None:
         raise ValueError(f"--fusion sets the shape of a random fusion; --init {init} brings its own")
     try:
         parts = [int(p) for p in spec.lower().split("x")]
@@ -69,8 +72,14 @@ def fusion_shape(spec: str | None, init: str) -> dict:
 def run(argv: list[str] | None = None) -> int:
     from models.minivlm import build_student
     from models.tee import load_tee
-    from pipelines.pretraining import (CorpusStream, ObjectiveConfig, PretrainCollate, check_extractors, check_shards,
-                                       shard_files)
+    from pipelines.train.pretrain_data import (
+        CorpusStream,
+        ObjectiveConfig,
+        PretrainCollate,
+        check_extractors,
+        check_shards,
+        shard_files,
+    )
 
     args = parse_args(argv)
     try:

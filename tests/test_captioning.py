@@ -11,10 +11,10 @@ import torch
 
 from benchmarks.caption_learning import write_labels
 from benchmarks.synthetic_scenes import write_dataset
-from models.captioning import StudentCaptioner, load_captioner, tags_from_regions
+from models.captioning import StudentCaptioner, load_student_captioner, tags_from_regions
 from models.minivlm import build_student, seq2seq_attention
 from models.tee import load_tee
-from pipelines.caption_data import CaptionCollate, CaptionStream, MaskingConfig, read_coco_captions
+from pipelines.train.caption_data import CaptionCollate, CaptionStream, MaskingConfig, read_coco_captions
 from pipelines.finetune_caption import run as finetune
 from schemas import FEATURES, features_row
 from tests.test_student import write_corpus
@@ -132,7 +132,7 @@ def test_tags_are_the_distinct_confident_region_names_best_first():
 
 def test_collate_masks_only_caption_words_and_the_closing_sep(captioner):
     c, tok = captioner.config, captioner.tokenizer
-    from pipelines.caption_data import CaptionSample
+    from pipelines.train.caption_data import CaptionSample
 
     feats, boxes, _ = _contexts(c.region_feature_dim, [5] * 40)
     samples = [CaptionSample(f"i{i}", "a dog runs on the green grass", ["dog"], f, b, seed=i)
@@ -199,7 +199,7 @@ def test_finetuning_learns_and_writes_a_captioning_checkpoint(finetuned):
     train = [r for r in rows if r["split"] == "train"]
     assert train[-1]["caption_loss"] < train[0]["caption_loss"]
     assert any(r["split"] == "val" and "val_caption_loss" in r for r in rows)
-    captioner = load_captioner(str(finetuned / "ckpt"))  # CKPT2 or CKPT2/model both work
+    captioner = load_student_captioner(str(finetuned / "ckpt"))  # CKPT2 or CKPT2/model both work
     assert captioner.config.task == "captioning"
     assert captioner.config.tag_min_score == captioner.model.tee.config.score_thresh
     assert captioner.config.extractor_id == captioner.model.tee.extractor_id()
@@ -265,7 +265,8 @@ def test_caption_cli_refuses_a_checkpoint_that_cannot_caption(finetuned):
 def test_evaluate_captions_cli_scores_student_and_teacher(finetuned, tmp_path):
     """On synthetic scenes: the table prints, the JSON holds the three rows, and its numbers are
     the metrics of the predictions it wrote (recomputed here)."""
-    from pipelines.caption_metrics import read_coco_references, score_captions
+    from pipelines.data.coco import read_coco_references
+    from pipelines.eval.captions import score_captions
 
     paths = write_dataset(str(tmp_path / "scenes"), 6, seed=5, size=64, subset="validation")
     images = str(tmp_path / "scenes" / "images")
@@ -302,4 +303,4 @@ def test_torchrun_two_processes_finetune_and_resume(finetuned, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4]
-    assert load_captioner(str(out)).config.task == "captioning"
+    assert load_student_captioner(str(out)).config.task == "captioning"

@@ -91,7 +91,7 @@ def test_http_table_input(tmp_path):
 
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_storage_layer_round_trip(scheme):
-    from pipelines import storage
+    from pipelines.data import storage
 
     server = servers.gcs_emulator("bkt") if scheme == "gs" else servers.s3_server()
     with server as env, servers.environ(env):

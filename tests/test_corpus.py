@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import build_corpus as bc
-from pipelines import corpus
+from pipelines.beam import corpus
 from schemas import CORPUS, FEATURES, LABELS, corpus_row, features_row, labels_row, read_table, region_features
 from schemas.base import NAME_KEY, VERSION_KEY
 from tests.conftest import REPO
@@ -361,7 +361,7 @@ def test_dataflow_dry_run_translates_offline(tmp_path):
 def test_inputs_and_corpus_on_a_bucket(tmp_path, capsys, scheme):
     import fsspec
 
-    from pipelines import sinks
+    from pipelines.beam import sinks
     from tests import servers
 
     write(tmp_path / "labels", LABELS, [lab(f"i{k}") for k in range(6)])

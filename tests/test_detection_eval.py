@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.detection_eval import average_precision, box_iou, evaluate_detections
+from pipelines.eval.detection import average_precision, box_iou, evaluate_detections
 
 A = [0, 0, 10, 10]
 B = [20, 20, 30, 30]

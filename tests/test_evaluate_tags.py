@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import evaluate_tags
+from pipelines.eval import tags as tag_eval
 from schemas import LABELS, labels_row
 from tests.conftest import REPO
 
@@ -116,7 +117,7 @@ def test_a_custom_threshold_drops_the_tags_below_it(tmp_path):
 def test_curve_runs_from_the_runs_threshold_to_one(tmp_path):
     result = _evaluate(write_pair(tmp_path))
     c = result["curve"]
-    assert len(c) == evaluate_tags.CURVE_POINTS and c[0]["threshold"] == 0.1 and c[-1]["threshold"] == 1.0
+    assert len(c) == tag_eval.CURVE_POINTS and c[0]["threshold"] == 0.1 and c[-1]["threshold"] == 1.0
     assert all(a["threshold"] < b["threshold"] for a, b in itertools.pairwise(c))
     assert all(a["recall"] >= b["recall"] for a, b in itertools.pairwise(c))
     first = {k: result["overall"][k] for k in ("precision", "recall", "f1")}
@@ -125,15 +126,15 @@ def test_curve_runs_from_the_runs_threshold_to_one(tmp_path):
 
 
 def test_classes_csv_with_and_without_header(tmp_path):
-    with_header = evaluate_tags.load_classes(str(write_pair(tmp_path / "a", header=True) / "classes.csv"))
-    without = evaluate_tags.load_classes(str(write_pair(tmp_path / "b", header=False) / "classes.csv"))
+    with_header = tag_eval.load_classes(str(write_pair(tmp_path / "a", header=True) / "classes.csv"))
+    without = tag_eval.load_classes(str(write_pair(tmp_path / "b", header=False) / "classes.csv"))
     assert with_header == without == dict(CLASSES)
     assert with_header["/m/c"] == "Car, sports"  # a quoted comma stays in the name
 
 
 def test_human_labels_stream_keeps_only_labelled_images(tmp_path):
     write_pair(tmp_path)
-    verified, rows = evaluate_tags.read_human_labels(str(tmp_path / "human.csv"), {"img1", "img3", "img4"})
+    verified, rows = tag_eval.read_human_labels(str(tmp_path / "human.csv"), {"img1", "img3", "img4"})
     assert rows == len(HUMAN)
     assert verified == {"img1": {"/m/a": True, "/m/b": False, "/m/d": True, "/m/e": True},
                         "img4": {"/m/b": True, "/m/f": False}}
@@ -199,7 +200,7 @@ def test_the_bundled_sample_and_its_human_labels(sample_run, tmp_path):
     out, _ = sample_run
     human = os.path.join(REPO, "data", "sample", "human-imagelabels.csv")
     proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate_tags", "--labels", str(out / "labels"),
-                           "--human-labels", human, "--classes", os.path.join(REPO, "teachers", "vocab",
+                           "--human-labels", human, "--classes", os.path.join(REPO, "schemas", "vocabularies",
                                                                               "default_tags.csv"),
                            "--output", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

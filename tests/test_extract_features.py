@@ -15,9 +15,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from models.tee import Regions
 from pipelines import extract_features as fx
-from pipelines import extraction, images, jobrun, sources
-from pipelines.handlers import HandlerOptions, TEEHandler, Work
-from pipelines.sources import ImageRef
+from pipelines.beam import extraction, jobrun
+from pipelines.data import images, sources
+from pipelines.beam.handlers import HandlerOptions, TEEHandler, Work
+from pipelines.data.sources import ImageRef
 from schemas import FAILURES, FEATURES, read_table, region_features
 from tests import imagegen
 from tests.conftest import REPO, SAMPLE_CSV

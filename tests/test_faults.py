@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from pipelines import storage
+from pipelines.data import storage
 from schemas import FAILURES, LABELS, read_table
 from tests import imagegen
 from tests.conftest import run_cli

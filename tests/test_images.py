@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import images
+from pipelines.data import images
 from tests import imagegen
 
 

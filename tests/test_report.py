@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pipelines import report
+from pipelines.eval import card
 from schemas import FAILURES, LABELS, count_rows, failure_row, labels_row
 from tests import imagegen
 from tests.conftest import REPO
@@ -202,7 +203,7 @@ def test_fsspec_urls_many_parts_and_small_batches_give_the_same_numbers(monkeypa
     for part in range(4):
         with fs.open(f"{root}/out/labels/part-{part}.parquet", "wb") as f:
             pq.write_table(LABELS.to_table(rows[part * 15:(part + 1) * 15]), f)
-    monkeypatch.setattr(report, "BATCH_ROWS", 7)
+    monkeypatch.setattr(card, "BATCH_ROWS", 7)
     try:
         assert report.run(["--labels", f"{root}/out/labels", "--output", f"{root}/rep", "--samples", "5",
                            "--seed", "1"]) == 0, capsys.readouterr().err
@@ -268,12 +269,12 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, args, message):
 
 
 def test_word_counts_stay_bounded_and_the_vocabulary_is_estimated():
-    counter = report.TopCounter(limit=2_000, keep=1_000)
+    counter = card.TopCounter(limit=2_000, keep=1_000)
     for start in range(0, 20_000, 500):
         counter.update({f"w{i}": 1 + (i % 7 == 0) for i in range(start, start + 500)})
     assert len(counter.counts) <= 2_000 and counter.approximate
     assert abs(counter.distinct() - 20_000) < 0.06 * 20_000
-    exact = report.TopCounter()
+    exact = card.TopCounter()
     exact.update({"a": 2, "b": 1})
     assert exact.distinct() == 2 and not exact.approximate
 

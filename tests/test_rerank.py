@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import teachers
-from pipelines.handlers import HandlerOptions, TeacherHandler, Work
-from pipelines.sources import ImageRef
+from pipelines.beam.handlers import HandlerOptions, TeacherHandler, Work
+from pipelines.data.sources import ImageRef
 from tests.conftest import run_cli
 from tests.imagegen import gradient
 from tests.test_cli import _manifest_ids, _outputs

@@ -1,4 +1,4 @@
-from pipelines import sinks
+from pipelines.beam import sinks
 from schemas import FAILURES, LABELS, failure_row, labels_row, read_table
 
 

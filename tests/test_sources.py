@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import sources
-from pipelines.sources import SourceError, SourceSpec
+from pipelines.data import sources
+from pipelines.data.sources import SourceError, SourceSpec
 from tests.conftest import SAMPLE_CSV
 
 HEADER = sources.OPENIMAGES_COLUMNS

@@ -11,9 +11,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from models.minivlm import MATCHED, POLLUTED_CAPTION, POLLUTED_TAGS, MiniVLM, build_student, bundled_bert_dir
+from models.minivlm import (
+    MATCHED,
+    POLLUTED_CAPTION,
+    POLLUTED_TAGS,
+    MiniVLM,
+    build_student,
+    bundled_bert_dir,
+    list_students,
+    register_student,
+    tiny_name,
+)
 from models.tee import load_tee
-from pipelines.pretraining import CorpusStream, ObjectiveConfig, PretrainCollate, Sample
+from pipelines.train.pretrain_data import CorpusStream, ObjectiveConfig, PretrainCollate, Sample
 from pipelines.train_student import run as train_student
 from schemas import CORPUS
 
@@ -59,6 +69,33 @@ def write_corpus(root, tee, rows=40, shards=3, val=6, seed=0):
 
 
 # ---- model -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list_students())
+def test_every_registered_student_builds_and_runs(tiny, name):
+    tee, _, _ = tiny
+    model, tok = build_student(f"tiny:{name}", tee)
+    assert model.config.init == f"tiny:{name}" and model.config.vocab_size == len(tok)
+    d = tee.config.feature_dim
+    samples = [Sample(image_id=f"i{k}", caption="a red ball on grass", tags="ball grass",
+                      features=np.zeros((3, d), np.float32), boxes=np.tile([[0.1, 0.1, 0.5, 0.5]], (3, 1)).astype(
+                          np.float32), seed=k) for k in range(2)]
+    batch = PretrainCollate(tok, model.config, ObjectiveConfig())(samples)
+    out = model(batch)
+    assert torch.isfinite(out["mlm_loss"]) and torch.isfinite(out["contrastive_loss"])
+
+
+def test_one_spelling_for_small_random_students():
+    assert tiny_name("tiny") == tiny_name("tiny:minivlm-tiny") == "minivlm-tiny"
+    assert tiny_name("random") == tiny_name("tiny:minivlm-l12-h384") == "minivlm-l12-h384"
+    assert tiny_name("microsoft/MiniLM-L12-H384-uncased") is None and tiny_name("/some/dir") is None
+    with pytest.raises(ValueError, match="unknown student 'tiny:nope'; registered: tiny:minivlm-l12-h384, tiny:"):
+        tiny_name("tiny:nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_student("minivlm-tiny")
+    with pytest.raises(ValueError, match="not divisible"):
+        register_student("minivlm-broken", hidden_size=100, num_heads=3)
+    assert "minivlm-broken" not in list_students()
+
 
 def test_init_from_the_bundled_minilm_takes_its_architecture_and_weights(tiny):
     from transformers import BertModel

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from benchmarks import synthetic_scenes as synth
-from pipelines import boxes
-from pipelines.sources import SourceSpec, iter_refs
+from pipelines.data import annotations as boxes
+from pipelines.data.sources import SourceSpec, iter_refs
 
 SIZE = 64
 

@@ -10,7 +10,7 @@ IMAGES = [gradient(64, 48), gradient(30, 90), np.zeros((8, 8, 3), np.uint8)]
 
 @pytest.mark.parametrize("family", registry.tiny_families("captioner"))
 def test_every_tiny_captioner_loads_and_captions(family):
-    cap = teachers.load_captioner(f"tiny-{family}", CaptionParams(num_captions=2, num_beams=3, max_new_tokens=5),
+    cap = teachers.load_captioner(f"tiny:{family}", CaptionParams(num_captions=2, num_beams=3, max_new_tokens=5),
                                   device="cpu")
     out = cap(IMAGES)
     assert len(out) == len(IMAGES)
@@ -29,7 +29,7 @@ def test_greedy_captioning_reports_a_score():
 
 @pytest.mark.parametrize("family", registry.tiny_families("tagger"))
 def test_every_tiny_tagger_scores_the_vocabulary(family):
-    tagger = teachers.load_tagger(f"tiny-{family}", TagParams(threshold=0.0, max_tags=4), device="cpu")
+    tagger = teachers.load_tagger(f"tiny:{family}", TagParams(threshold=0.0, max_tags=4), device="cpu")
     out = tagger(IMAGES)
     assert len(out) == len(IMAGES)
     names = {n for _, n in tagger.vocab}
@@ -56,6 +56,18 @@ def test_tiny_build_is_deterministic_and_loaded_via_from_pretrained(tmp_path):
     assert len(cap(IMAGES[:1])[0]) == 1
 
 
+def test_one_spelling_for_tiny_teachers_and_the_old_one_still_works():
+    for kind in registry.KINDS:
+        for family in registry.tiny_families(kind):
+            assert registry.tiny_family(kind, f"tiny:{family}") == registry.tiny_family(kind, f"tiny-{family}") == family
+    assert registry.tiny_family("captioner", "tiny") == "blip" and registry.tiny_family("tagger", "tiny") == "siglip"
+    assert registry.tiny_family("captioner", "Salesforce/blip-image-captioning-large") is None
+    with pytest.raises(ValueError, match="unknown tiny captioner 'tiny:clip'; registered: tiny:blip, tiny:git"):
+        registry.tiny_family("captioner", "tiny:clip")
+    assert teachers.describe(TeacherRef("captioner", "tiny:git")) == teachers.describe(
+        TeacherRef("captioner", "tiny-git")) == "tiny-random/git"
+
+
 def test_describe_gives_provenance():
     assert teachers.describe(TeacherRef("captioner", "tiny")) == "tiny-random/blip"
     assert teachers.describe(TeacherRef("tagger", "tiny-clip")) == "tiny-random/clip"
@@ -63,7 +75,7 @@ def test_describe_gives_provenance():
 
 
 def test_unknown_tiny_family_is_a_clear_error():
-    with pytest.raises(ValueError, match="tiny-git"):
+    with pytest.raises(ValueError, match="tiny:git"):
         TeacherRef("captioner", "tiny-nope").tiny
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.tee import TEE, TEEConfig, build_tee, letterbox, list_tees, load_tee, tee_config
+from models.tee import TEE, TEEConfig, build_tee, letterbox, list_tees, load_tee, tee_config, tiny_name
 
 CLASSES = (("/c/a", "apple"), ("/c/b", "ball"), ("/c/c", "cup"))
 
@@ -96,6 +96,14 @@ def test_load_tee_tiny_goes_through_from_pretrained(tmp_path):
     assert m1.extractor_id() == m2.extractor_id()
     with pytest.raises(FileNotFoundError, match="not a saved TEE"):
         load_tee(str(tmp_path / "nothing-here"))
+    assert load_tee("tiny:tee-tiny", cache_dir=str(tmp_path))[0].extractor_id() == m1.extractor_id()
+
+
+def test_one_spelling_for_small_random_tees():
+    assert tiny_name("tiny") == tiny_name("tiny:tee-tiny") == "tee-tiny" and tiny_name("tiny:tee-d0") == "tee-d0"
+    assert tiny_name("gs://bucket/tee") is None and tiny_name("tee-d0") is None
+    with pytest.raises(ValueError, match="unknown TEE 'tiny:nope'; registered: tiny:tee-d0, tiny:tee-tiny"):
+        tiny_name("tiny:nope")
 
 
 def test_bad_configs_are_refused():

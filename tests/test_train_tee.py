@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 from benchmarks.synthetic_scenes import write_dataset
 from models.tee import TEE
 from pipelines.train_tee import run as train_tee
-from pipelines.training import ResumableStream, TrainConfig, by_index, shuffled
+from pipelines.train.loop import TrainConfig
+from pipelines.train.streams import ResumableStream, by_index, shuffled
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +66,26 @@ def test_shuffle_is_a_permutation_with_a_small_buffer():
 
     out = list(shuffled(iter(range(100)), 7, random.Random(0)))
     assert sorted(out) == list(range(100)) and out != list(range(100))
+
+
+def test_trainer_flags_take_their_defaults_from_train_config():
+    import argparse
+    from dataclasses import MISSING, fields
+
+    from pipelines.train.flags import add_train_flags, train_config
+
+    ap = argparse.ArgumentParser()
+    add_train_flags(ap)
+    cfg = train_config(ap.parse_args(["--output", "x", "--max-steps", "3"]))
+    for f in fields(TrainConfig):
+        if f.default is not MISSING:
+            assert getattr(cfg, f.name) == f.default, f.name
+    ap = argparse.ArgumentParser()
+    add_train_flags(ap, lr=5e-5, num_workers=0)
+    cfg = train_config(ap.parse_args(["--output", "x", "--max-steps", "3"]))
+    assert (cfg.lr, cfg.num_workers, cfg.batch_size) == (5e-5, 0, TrainConfig.batch_size)
+    with pytest.raises(ValueError, match="no TrainConfig default to override: learning_rate"):
+        add_train_flags(argparse.ArgumentParser(), learning_rate=1.0)
 
 
 def test_train_config_rejects_bad_values():

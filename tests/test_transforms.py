@@ -6,10 +6,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import teachers
-from pipelines import labeling
+from pipelines.beam import labeling
 from pipelines import pseudo_label as pl
-from pipelines.handlers import HandlerOptions, TeacherHandler, Work
-from pipelines.sources import ImageRef, SourceSpec
+from pipelines.beam.handlers import HandlerOptions, TeacherHandler, Work
+from pipelines.data.sources import ImageRef, SourceSpec
 from tests import imagegen
 
 

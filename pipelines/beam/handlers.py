@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from pipelines.sources import ImageRef
+from pipelines.data.sources import ImageRef
 
 log = logging.getLogger(__name__)
 

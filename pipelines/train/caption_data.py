@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from models.captioning import region_inputs, tag_token_ids, tags_from_regions, text_inputs
-from pipelines.pretraining import iter_rows, region_problem
-from pipelines.training import ResumableStream, shuffled
+from pipelines.train.pretrain_data import iter_rows, region_problem
+from pipelines.train.streams import ResumableStream, shuffled
 
 log = logging.getLogger(__name__)
 CORPUS_COLUMNS = ["image_id", "captions", "num_regions", "boxes", "features", "feature_dim", "region_names",
@@ -65,7 +65,7 @@ class CaptionSample:
 def read_coco_captions(path: str) -> dict[str, list[str]]:
     """COCO captions JSON -> captions keyed by every name a features row may carry for the image
     (its id and its file stem). Held in memory: COCO train is ~600k captions, ~60 MB."""
-    from pipelines.caption_metrics import read_coco_references
+    from pipelines.data.coco import read_coco_references
 
     files, refs = read_coco_references(path)
     out: dict[str, list[str]] = {}

@@ -46,7 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import sinks, storage
+from pipelines.beam import sinks
+from pipelines.data import storage
 from schemas import CORPUS, FEATURES, LABELS, corpus_row
 from schemas.corpus import FEATURES_COLUMNS, LABELS_COLUMNS, SPLITS
 from schemas.io import parquet_files

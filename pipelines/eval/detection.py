@@ -1,7 +1,7 @@
 """Detection mAP at one IoU threshold: VOC-style all-point interpolated AP per class.
 
 Small and dependency-free (numpy only) so that training, benchmarks and tests score a
-detector the same way. Class indices follow `pipelines.boxes`: 1..num_classes, 0 is
+detector the same way. Class indices follow `pipelines.data.annotations`: 1..num_classes, 0 is
 background and is never a valid label here.
 
 Matching, per image and class, in descending score: a detection takes the unmatched

@@ -19,7 +19,7 @@ import apache_beam as beam
 import fsspec
 import pyarrow.parquet as pq
 
-from pipelines import storage
+from pipelines.data import storage
 from schemas import VersionedSchema
 
 CODECS = ("zstd", "snappy", "gzip", "brotli", "none")

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from models.tee import letterbox, to_chw
-from pipelines import images, sources, storage
-from pipelines.boxes import BoxStats, class_index, iter_box_groups, join_sorted
-from pipelines.training import ResumableStream, by_index, shuffled
+from pipelines.data import images, sources, storage
+from pipelines.data.annotations import BoxStats, class_index, iter_box_groups, join_sorted
+from pipelines.train.streams import ResumableStream, by_index, shuffled
 
 log = logging.getLogger(__name__)
 

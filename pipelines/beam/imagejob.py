@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from pipelines import images, progress, sinks, sources, storage
-from pipelines.handlers import HandlerOptions, Work
+from pipelines.beam import progress, sinks
+from pipelines.beam.handlers import HandlerOptions, Work
+from pipelines.data import images, sources, storage
 from schemas import FAILURES, VersionedSchema, failure_row
 
 FAILED = "failed"  # tag of the failures outputs of ReadAndDecode and the row makers

@@ -1,6 +1,6 @@
 """The feature extraction pipeline: its configuration, its row maker, and `build`.
 
-Flow: the labeling job's front and back (pipelines/imagejob.py) with the TEE between:
+Flow: the labeling job's front and back (pipelines/beam/imagejob.py) with the TEE between:
 input -> ImageRefs -> first new row per image_id -> read + decode -> RunInference(TEE)
 -> features row or failures row -> committed Parquet parts (OUTPUT/features/, failures/).
 Kept apart from the command line (extract_features.py) so workers import it by name.
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from pipelines.handlers import TEEHandler, Work
-from pipelines.imagejob import (
+from pipelines.beam.handlers import TEEHandler, Work
+from pipelines.beam.imagejob import (
     FAILED,
     ImageJob,
     JobKind,

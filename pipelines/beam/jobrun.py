@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -27,20 +26,14 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from pipelines import images, sinks, sources, storage
-from pipelines.handlers import HandlerOptions
-from pipelines.imagejob import JobKind
+from pipelines.beam import sinks
+from pipelines.beam.handlers import HandlerOptions
+from pipelines.beam.imagejob import JobKind
+from pipelines.cli import EXIT_FAILED, EXIT_USAGE, SAMPLE_MANIFEST, UsageError  # noqa: F401  (the jobs' CLI API)
+from pipelines.data import images, sources, storage
 from schemas import FAILURES, count_rows, read_table
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_INPUT = os.path.join(REPO_ROOT, "data", "sample", "images.csv")
-EXIT_USAGE = 2
-EXIT_FAILED = 1
 BEAM_COUNTERS = ("input_rows", "duplicates", "distinct_images", "already_done", "done_not_in_input")
-
-
-class UsageError(ValueError):
-    """Bad flags or unusable inputs: one line, exit code 2, before any work starts."""
 
 
 # ---- flags --------------------------------------------------------------------------
@@ -48,7 +41,7 @@ class UsageError(ValueError):
 def add_io_args(ap: argparse.ArgumentParser, verb: str = "label") -> None:
     """--input ... --compression: where images come from and where rows go."""
     io_ = ap.add_argument_group("input and output")
-    io_.add_argument("--input", default=DEFAULT_INPUT,
+    io_.add_argument("--input", default=SAMPLE_MANIFEST,
                      help="Open Images image CSV, a CSV/Parquet table with image_id,uri, or a glob/directory "
                           "of images (local, gs://, s3://, http(s)://). Default: the bundled sample.")
     io_.add_argument("--input-format", default="auto", choices=sources.KINDS)

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import fsspec
 
-from pipelines import images, storage
+from pipelines.data import images, storage
 
 OPENIMAGES_COLUMNS = (
     "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,"

@@ -5,7 +5,7 @@ Corpus shards (pipelines.build_corpus) are read through fsspec in row batches. R
 least as many shards as readers, and split rows by position when there are fewer; in
 both cases no row is read twice in an epoch. Each epoch reshuffles the shard order and
 mixes rows in a shuffle buffer, both from the seed, so a run is reproducible and a
-resumed run continues exactly (pipelines.training.ResumableStream).
+resumed run continues exactly (pipelines.train.loop.ResumableStream).
 
 Per sample: one of the row's captions (drawn anew each epoch), its teacher tags and its
 TEE regions. Per batch: tokenisation, masking (15% of caption and tag tokens; of those
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.training import ResumableStream, shuffled
 from models.minivlm import MATCHED, POLLUTED_CAPTION, POLLUTED_TAGS
+from pipelines.train.streams import ResumableStream, shuffled
 
 log = logging.getLogger(__name__)
 COLUMNS = ["image_id", "captions", "tags", "num_regions", "boxes", "features", "feature_dim"]

@@ -8,7 +8,7 @@ earlier runs committed, for --resume) -> read + decode -> RunInference(captioner
 RunInference(tagger; with --rerank it also scores the captions) -> labels row or
 failures row -> committed Parquet parts.
 Everything but the teachers and the labels row is shared with the feature extraction
-job (pipelines/imagejob.py).
+job (pipelines/beam/imagejob.py).
 
 The teachers are chained, not joined: each image travels as one Work item from decode
 to its output row with no shuffle in between, so rows are committed while the job runs
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
-from pipelines.handlers import TeacherHandler, Work
-from pipelines.imagejob import (  # noqa: F401  (re-exported: the labeling job's stages)
+from pipelines.beam.handlers import TeacherHandler, Work
+from pipelines.beam.imagejob import (  # noqa: F401  (re-exported: the labeling job's stages)
     FAILED,
     ExpandInput,
     FirstNewRow,
@@ -35,7 +35,7 @@ from pipelines.imagejob import (  # noqa: F401  (re-exported: the labeling job's
     dead_letters_to_failures,
     read_images,
 )
-from pipelines.imagejob import failed as _failed
+from pipelines.beam.imagejob import failed as _failed
 from schemas import LABELS, labels_row
 from teachers.tagger import RerankParams
 

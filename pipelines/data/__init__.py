@@ -1,0 +1,1 @@
+"""Data access: storage through fsspec, image sources (manifests), the one image decoder, annotation readers."""

@@ -1,0 +1,1 @@
+"""Inference with the student over image files."""

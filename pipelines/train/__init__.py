@@ -1,0 +1,1 @@
+"""Training: the shared loop, resumable data streams, the shared trainer flags, and each trainer's data."""
