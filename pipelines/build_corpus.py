@@ -20,8 +20,6 @@ import time
 from datetime import datetime, timezone
 
 import apache_beam as beam
-import fsspec
-import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipelines.beam import corpus, sinks
@@ -29,7 +27,7 @@ from pipelines.beam.jobrun import counter, execute, versions
 from pipelines.cli import EXIT_FAILED, EXIT_USAGE, UsageError
 from pipelines.data import storage
 from schemas import SchemaVersionError
-from schemas.io import parquet_files
+from schemas.io import file_schema, parquet_files
 
 PROG = corpus.NAMESPACE
 OUTPUT_ENTRIES = ("run.json", *corpus.SPLIT_DIRS.values())
@@ -79,8 +77,7 @@ def check_input(path: str, side: str) -> tuple[str, ...]:
         raise UsageError(f"{flag} {path}: no Parquet files there{hint}")
     for file in files:
         try:
-            with fsspec.open(file, "rb") as f:
-                found = pq.ParquetFile(f).schema_arrow
+            found = file_schema(file)
             schema.check(found, where=file)
             corpus.check_columns(found, columns, file)
         except (SchemaVersionError, ValueError) as e:

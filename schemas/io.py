@@ -1,11 +1,29 @@
-"""Reading the project's Parquet tables from any fsspec URL, version-checked."""
+"""Reading the project's Parquet tables from any fsspec URL, version-checked.
+
+Every Parquet read of the project goes through here, on the calling thread only: no
+pre-buffering (whose reads run on Arrow's I/O pool) and no threaded decoding (Arrow's
+CPU pool). Otherwise a pool thread can drop the last reference to a buffer Arrow read
+from a Python (fsspec) file after the read returned; if that happens while the
+interpreter exits, the thread cannot take the GIL, is unwound inside a noexcept
+destructor and the process aborts after finishing its work ("terminate called without
+an active exception", exit 134; seen in core dumps of our jobs, in ~PyBuffer on a pool
+thread). apache/arrow#49942 fixes it after pyarrow 25, which Beam 2.77 pins us to.
+"""
 from __future__ import annotations
+
+from typing import Iterator
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.base import VersionedSchema
+
+BATCH_ROWS = 4096
+
+
+def _open(f) -> pq.ParquetFile:
+    return pq.ParquetFile(f, pre_buffer=False)
 
 
 def parquet_files(path: str) -> list[str]:
@@ -20,14 +38,46 @@ def parquet_files(path: str) -> list[str]:
     return [fs.unstrip_protocol(p) if "://" in path else p for p in sorted(found)]
 
 
+def file_schema(file: str, schema: VersionedSchema | None = None) -> pa.Schema:
+    """One file's Arrow schema from its footer (checked against `schema` when given)."""
+    with fsspec.open(file, "rb") as f:
+        found = _open(f).schema_arrow
+    if schema is not None:
+        schema.check(found, where=file)
+    return found
+
+
+def iter_file_batches(file: str, schema: VersionedSchema | None = None, columns: list[str] | None = None,
+                      batch_rows: int = BATCH_ROWS, check=None) -> Iterator[pa.RecordBatch]:
+    """Record batches of one file, only `columns` read; `check(arrow_schema)` may refuse the file first."""
+    with fsspec.open(file, "rb") as f:
+        pf = _open(f)
+        if schema is not None:
+            schema.check(pf.schema_arrow, where=file)
+        if check is not None:
+            check(pf.schema_arrow)
+        yield from pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
+
+
+def read_file(file: str, schema: VersionedSchema | None = None, columns: list[str] | None = None) -> pa.Table:
+    """One file as a table, only `columns` read."""
+    with fsspec.open(file, "rb") as f:
+        pf = _open(f)
+        if schema is not None:
+            schema.check(pf.schema_arrow, where=file)
+        return pf.read(columns=columns, use_threads=False)
+
+
+def iter_batches(path: str, schema: VersionedSchema, columns: list[str] | None = None,
+                 batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Record batches of every file of a table, version-checked; memory bounded by one batch."""
+    for file in parquet_files(path):
+        yield from iter_file_batches(file, schema, columns, batch_rows)
+
+
 def read_table(path: str, schema: VersionedSchema, columns: list[str] | None = None) -> pa.Table:
     """Read every file of a table, rejecting files of an unknown schema version."""
-    tables = []
-    for file in parquet_files(path):
-        with fsspec.open(file, "rb") as f:
-            pf = pq.ParquetFile(f)
-            schema.check(pf.schema_arrow, where=file)
-            tables.append(pf.read(columns=columns))
+    tables = [read_file(file, schema, columns) for file in parquet_files(path)]
     if not tables:
         arrow = schema.arrow
         if columns is not None:
@@ -41,7 +91,7 @@ def count_rows(path: str, schema: VersionedSchema) -> int:
     total = 0
     for file in parquet_files(path):
         with fsspec.open(file, "rb") as f:
-            pf = pq.ParquetFile(f)
+            pf = _open(f)
             schema.check(pf.schema_arrow, where=file)
             total += pf.metadata.num_rows
     return total

@@ -41,7 +41,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import apache_beam as beam
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,7 +49,7 @@ from pipelines.beam import sinks
 from pipelines.data import storage
 from schemas import CORPUS, FEATURES, LABELS, corpus_row
 from schemas.corpus import FEATURES_COLUMNS, LABELS_COLUMNS, SPLITS
-from schemas.io import parquet_files
+from schemas.io import iter_file_batches, parquet_files, read_file
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +145,17 @@ class ReadRows(beam.DoFn):
 
     def process(self, file: str):
         schema, columns = INPUTS[self.side]
-        with fsspec.open(file, "rb") as f:
-            pf = pq.ParquetFile(f)
-            schema.check(pf.schema_arrow, where=file)
-            check_columns(pf.schema_arrow, columns, file)
-            for batch in pf.iter_batches(batch_size=self.batch_rows, columns=list(columns)):
-                for row in batch_rows(batch):
-                    self.rows.inc()
-                    image_id = row.get("image_id")
-                    if not isinstance(image_id, str) or not image_id:
-                        self.malformed.inc()
-                        self._log(f"{self.side} row without image_id in {file}")
-                        continue
-                    yield image_id, row
+        batches = iter_file_batches(file, schema, list(columns), self.batch_rows,
+                                    check=lambda found: check_columns(found, columns, file))
+        for batch in batches:
+            for row in batch_rows(batch):
+                self.rows.inc()
+                image_id = row.get("image_id")
+                if not isinstance(image_id, str) or not image_id:
+                    self.malformed.inc()
+                    self._log(f"{self.side} row without image_id in {file}")
+                    continue
+                yield image_id, row
 
     def _log(self, message: str) -> None:
         if self.logged < MAX_LOGGED:
@@ -313,10 +310,7 @@ def read_back(output: str, rows_per_split: dict[str, int], shard_rows: int) -> t
                             f"({split}-*-of-{total:05d})")
         rows = 0
         for file in files:
-            with fsspec.open(file, "rb") as f:
-                pf = pq.ParquetFile(f)
-                CORPUS.check(pf.schema_arrow, where=file)
-                t = pf.read(columns=["split", "extractor", "captioner", "tagger"])
+            t = read_file(file, CORPUS, ["split", "extractor", "captioner", "tagger"])
             if set(t.column("split").to_pylist()) - {split}:
                 problems.append(f"{file} holds rows of another split than {split}")
             extractors.update(t.column("extractor").to_pylist())

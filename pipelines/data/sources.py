@@ -19,6 +19,7 @@ from typing import Iterator
 import fsspec
 
 from pipelines.data import images, storage
+from schemas.io import file_schema, iter_file_batches
 
 OPENIMAGES_COLUMNS = (
     "ImageID,Subset,OriginalURL,OriginalLandingURL,License,AuthorProfileURL,Author,Title,"
@@ -120,10 +121,8 @@ def check(spec: SourceSpec) -> str:
     if not os.path.isfile(spec.input):
         raise SourceError(f"--input manifest {spec.input!r} does not exist")
     if kind == "table" and spec.input.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
-
         try:
-            names = pq.ParquetFile(spec.input).schema_arrow.names
+            names = file_schema(spec.input).names
         except Exception as e:
             raise SourceError(f"--input {spec.input!r} is not a readable Parquet file: {e}") from e
         missing = {"image_id", "uri"} - set(names)
@@ -272,19 +271,15 @@ def _table_ref(rec: dict, n: int) -> ImageRef:
 
 
 def _iter_parquet(path: str) -> Iterator[ImageRef]:
-    import pyarrow.parquet as pq
-
-    with fsspec.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        wanted = [c for c in ("image_id", "uri", "license", "author", "original_url", "rotation")
-                  if c in pf.schema_arrow.names]
-        if not {"image_id", "uri"} <= set(wanted):
-            raise SourceError(f"table {path!r} needs columns image_id and uri, has {pf.schema_arrow.names}")
-        n = 0
-        for batch in pf.iter_batches(batch_size=4096, columns=wanted):
-            for rec in batch.to_pylist():
-                n += 1
-                yield _table_ref(rec, n)
+    names = file_schema(path).names
+    wanted = [c for c in ("image_id", "uri", "license", "author", "original_url", "rotation") if c in names]
+    if not {"image_id", "uri"} <= set(wanted):
+        raise SourceError(f"table {path!r} needs columns image_id and uri, has {names}")
+    n = 0
+    for batch in iter_file_batches(path, columns=wanted):
+        for rec in batch.to_pylist():
+            n += 1
+            yield _table_ref(rec, n)
 
 
 __all__ = ["ImageRef", "SourceError", "SourceSpec", "check", "iter_refs"]

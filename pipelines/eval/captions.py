@@ -31,17 +31,15 @@ import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 
-from schemas.io import parquet_files
+from schemas.io import iter_file_batches, parquet_files
 from schemas.labels import LABELS
 
 log = logging.getLogger(__name__)
@@ -230,21 +228,18 @@ def teacher_references(labels_path: str, image_ids: set[str], *, top: int | None
     seen: set[str] = set()
     duplicates = 0
     for file in files:
-        with fsspec.open(file, "rb") as f:
-            pf = pq.ParquetFile(f)
-            LABELS.check(pf.schema_arrow, where=file)
-            for batch in pf.iter_batches(columns=["image_id", "captions"]):
-                # Filter in Arrow first: only the asked-for rows become Python objects.
-                batch = batch.filter(pc.is_in(batch.column("image_id"), value_set=value_set))
-                for row in batch.to_pylist():
-                    image_id = row["image_id"]
-                    if image_id in seen:
-                        duplicates += 1
-                        continue
-                    seen.add(image_id)
-                    texts = [c["text"] for c in row["captions"] or () if c["text"] and c["text"].strip()]
-                    if texts:
-                        refs[image_id] = texts[:top] if top is not None else texts
+        for batch in iter_file_batches(file, LABELS, ["image_id", "captions"]):
+            # Filter in Arrow first: only the asked-for rows become Python objects.
+            batch = batch.filter(pc.is_in(batch.column("image_id"), value_set=value_set))
+            for row in batch.to_pylist():
+                image_id = row["image_id"]
+                if image_id in seen:
+                    duplicates += 1
+                    continue
+                seen.add(image_id)
+                texts = [c["text"] for c in row["captions"] or () if c["text"] and c["text"].strip()]
+                if texts:
+                    refs[image_id] = texts[:top] if top is not None else texts
     if duplicates:
         log.warning("%s: %d duplicate labels rows for the asked-for images ignored (first row kept)",
                     labels_path, duplicates)

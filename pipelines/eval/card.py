@@ -15,14 +15,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from schemas import VersionedSchema
-from schemas.io import parquet_files
+from schemas.io import iter_batches as read_batches
 
 LABEL_COLUMNS = ["image_id", "source_uri", "width", "height", "captions", "tags", "captioner", "tagger",
                  "teacher_params"]
@@ -291,8 +289,4 @@ def _sample_rows(batch: pa.RecordBatch) -> list[dict]:
 
 def iter_batches(path: str, schema: VersionedSchema, columns: list[str]):
     """Record batches of every part file under `path`, version-checked, only `columns` read."""
-    for file in parquet_files(path):
-        with fsspec.open(file, "rb") as f:
-            pf = pq.ParquetFile(f)
-            schema.check(pf.schema_arrow, where=file)
-            yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    yield from read_batches(path, schema, columns, BATCH_ROWS)

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 
 from schemas import LABELS
-from schemas.io import parquet_files
+from schemas.io import iter_file_batches, parquet_files
 from schemas.vocab import load_vocab
 
 CURVE_POINTS = 50
@@ -46,24 +45,21 @@ def read_predictions(labels: str, batch_size: int = 10_000) -> Predictions:
     params_seen: dict[str, float | None] = {}  # teacher_params is one string per run: parse it once
     interned: dict[str, str] = {}  # one string object per class, however many images have it
     for file in files:
-        with fsspec.open(file, "rb") as f:
-            pf = pq.ParquetFile(f)
-            LABELS.check(pf.schema_arrow, where=file)
-            for batch in pf.iter_batches(batch_size=batch_size, columns=["image_id", "tags", "teacher_params"]):
-                for image_id, tags, params in zip(*(batch.column(c).to_pylist() for c in batch.schema.names)):
-                    out.rows += 1
-                    if params not in params_seen:
-                        params_seen[params] = _run_threshold(params)
-                    out.thresholds.add(params_seen[params])
-                    if image_id in out.tags:  # e.g. a run that ended "inconsistent": score each image once
-                        out.duplicate_rows += 1
-                        continue
-                    pairs = []
-                    for t in tags:
-                        label = interned.setdefault(t["label"], t["label"])
-                        out.names.setdefault(label, t["name"])
-                        pairs.append((label, t["score"]))
-                    out.tags[image_id] = tuple(pairs)
+        for batch in iter_file_batches(file, LABELS, ["image_id", "tags", "teacher_params"], batch_size):
+            for image_id, tags, params in zip(*(batch.column(c).to_pylist() for c in batch.schema.names)):
+                out.rows += 1
+                if params not in params_seen:
+                    params_seen[params] = _run_threshold(params)
+                out.thresholds.add(params_seen[params])
+                if image_id in out.tags:  # e.g. a run that ended "inconsistent": score each image once
+                    out.duplicate_rows += 1
+                    continue
+                pairs = []
+                for t in tags:
+                    label = interned.setdefault(t["label"], t["label"])
+                    out.names.setdefault(label, t["name"])
+                    pairs.append((label, t["score"]))
+                out.tags[image_id] = tuple(pairs)
     return out
 
 

@@ -64,26 +64,20 @@ def shard_files(path: str) -> list[str]:
 def check_shards(files: list[str], schema=None) -> None:
     """Every shard is a `schema` table (default: corpus) of a version this release reads
     (raises SchemaVersionError)."""
-    import fsspec
-    import pyarrow.parquet as pq
-
     from schemas import CORPUS
+    from schemas.io import file_schema
 
     for f in files:
-        with fsspec.open(f, "rb") as fh:
-            (schema or CORPUS).check(pq.read_schema(fh), where=f)
+        file_schema(f, schema or CORPUS)
 
 
 def extractors(files: list[str]) -> Counter:
     """Rows per TEE extractor id over the shards (reads one column)."""
-    import fsspec
-    import pyarrow.parquet as pq
+    from schemas.io import read_file
 
     seen: Counter = Counter()
     for f in files:
-        with fsspec.open(f, "rb") as fh:
-            col = pq.read_table(fh, columns=["extractor"]).column("extractor")
-        seen.update(col.to_pylist())
+        seen.update(read_file(f, columns=["extractor"]).column("extractor").to_pylist())
     return seen
 
 
@@ -102,31 +96,28 @@ def iter_rows(files: list[str], readers: int = 1, slot: int = 0, batch_rows: int
     """Rows of the given shards as dicts (features and boxes kept as flat arrays), this reader's share.
 
     `columns` must include features and boxes; corpus and features tables both work."""
-    import fsspec
-    import pyarrow.parquet as pq
+    from schemas.io import iter_file_batches
 
     by_shard = len(files) >= readers
     mine = files[slot::readers] if by_shard else files
     position = 0
     for f in mine:
-        with fsspec.open(f, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            for rb in pf.iter_batches(batch_size=batch_rows, columns=columns):
-                feats, boxes = rb.column("features"), rb.column("boxes")
-                flat = feats.flatten().to_numpy(zero_copy_only=False)  # float16, all rows of the batch
-                offsets = feats.offsets.to_numpy()
-                offsets = offsets - offsets[0]  # flatten() honours slicing; offsets are absolute
-                box_flat = boxes.flatten().flatten().to_numpy(zero_copy_only=False)
-                box_off = boxes.offsets.to_numpy()
-                box_off = box_off - box_off[0]
-                meta = rb.select([c for c in columns if c not in ("features", "boxes")]).to_pylist()
-                for j, row in enumerate(meta):
-                    position += 1
-                    if not by_shard and (position - 1) % readers != slot:
-                        continue
-                    row["features"] = flat[offsets[j]:offsets[j + 1]]
-                    row["boxes"] = box_flat[box_off[j] * 4:box_off[j + 1] * 4]
-                    yield row
+        for rb in iter_file_batches(f, columns=columns, batch_rows=batch_rows):
+            feats, boxes = rb.column("features"), rb.column("boxes")
+            flat = feats.flatten().to_numpy(zero_copy_only=False)  # float16, all rows of the batch
+            offsets = feats.offsets.to_numpy()
+            offsets = offsets - offsets[0]  # flatten() honours slicing; offsets are absolute
+            box_flat = boxes.flatten().flatten().to_numpy(zero_copy_only=False)
+            box_off = boxes.offsets.to_numpy()
+            box_off = box_off - box_off[0]
+            meta = rb.select([c for c in columns if c not in ("features", "boxes")]).to_pylist()
+            for j, row in enumerate(meta):
+                position += 1
+                if not by_shard and (position - 1) % readers != slot:
+                    continue
+                row["features"] = flat[offsets[j]:offsets[j + 1]]
+                row["boxes"] = box_flat[box_off[j] * 4:box_off[j + 1] * 4]
+                yield row
 
 
 class CorpusStream(ResumableStream):
