@@ -3,14 +3,20 @@
 What it gives a trainer:
 - one process or many (`torchrun` sets RANK / WORLD_SIZE / LOCAL_RANK; DDP on gloo or nccl);
 - AdamW or SGD, linear warmup then cosine decay, gradient clipping;
-- checkpoints with the full state (model, optimizer, schedule, step, RNG states) every
-  N steps, written whole, and an exact `--resume`: a run stopped and resumed ends with
+- checkpoints with the full state (model, optimizer, schedule, step, every rank's RNG
+  states, every data reader's position) every N steps, written whole, and an exact
+  `--resume`: a run stopped (or killed) and resumed logs the same losses and ends with
   the same weights as one that never stopped;
 - tqdm progress on rank 0 and metrics as JSON lines in OUTPUT/metrics.jsonl.
 
-Exact resume needs a data stream that can restart at a batch without replaying it:
+Exact resume needs a data stream that can restart without replaying or losing a sample:
 a `ResumableStream` (pipelines.train.streams) is an IterableDataset that is a pure function of
-(seed, epoch, position), so the loop only records how many batches it consumed.
+(seed, epoch, position), and every batch it gives carries its reader's position after it
+(items that failed to load included), so the loop records per reader how far it got.
+
+Checkpoints hold tensors and plain Python values only and are read back with
+`torch.load(weights_only=True)`: a state file that someone else could write (a shared disk,
+a bucket) cannot run code in the trainer.
 """
 from __future__ import annotations
 
@@ -20,8 +26,11 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
+import re
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -30,11 +39,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipelines.data import storage
-from pipelines.train.streams import ResumableStream
+from pipelines.train.streams import Positioned, ResumableStream, WithPosition
 
 log = logging.getLogger(__name__)
 STATE_NAME = "state.pt"
 LATEST = "latest"  # text file naming the newest complete checkpoint
+CHECKPOINT_NAME = re.compile(r"step-\d{8}")
 
 
 @dataclass(frozen=True)
@@ -170,28 +180,69 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global RNG states as tensors and plain values, so the checkpoint loads with weights_only=True
+    (numpy's own state is a tuple holding an ndarray, which only a full unpickle reads)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "internal": list(internal), "gauss_next": gauss},
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def latest_checkpoint(output: str) -> str | None:
-    """URL of the newest complete checkpoint under OUTPUT/checkpoints, or None."""
+    """URL of the newest complete checkpoint under OUTPUT/checkpoints, or None.
+
+    ValueError when the pointer names something else than a checkpoint of this directory:
+    the name is joined into a path, so it must never lead elsewhere."""
     pointer = storage.join(output, f"checkpoints/{LATEST}")
     if not storage.exists(pointer):
         return None
     name = storage.read_text(pointer).strip()
+    if not CHECKPOINT_NAME.fullmatch(name):
+        raise ValueError(f"{pointer} names {name[:40]!r}, not a checkpoint (step-NNNNNNNN): "
+                         "it was not written by this trainer; remove it or use another --output")
     path = storage.join(output, f"checkpoints/{name}")
     return path if storage.exists(storage.join(path, STATE_NAME)) else None
+
+
+def read_state(path: str) -> dict:
+    """The training state of checkpoint `path`, unpickled with weights_only=True: tensors and plain
+    values only, so a state file someone else wrote cannot run code here. ValueError (one line)
+    for a state that holds anything else (a planted payload, or a checkpoint from before
+    states were plain, whose numpy RNG state is an ndarray) or that is not a checkpoint."""
+    url = storage.join(path, STATE_NAME)
+    data = storage.read_bytes(url)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on its way to refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # what torch refused, e.g. numpy's ndarray rebuilder
+        holds = f"objects ({found.group(1)})" if found else "objects"
+        raise ValueError(f"--resume: {url} cannot be resumed safely: it holds {holds} beyond tensors and plain "
+                         "values, and reading them means a full unpickle, which can run any code (a checkpoint "
+                         "from an older release, or not written by this trainer); start again in another "
+                         "--output") from None
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"--resume: {url} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or "data" not in state:
+        raise ValueError(f"--resume: {url} cannot be resumed exactly: it holds no data stream positions "
+                         "(written by an older release); start again in another --output")
+    return state
 
 
 class Trainer:
@@ -230,25 +281,51 @@ class Trainer:
             self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
         self.step = 0
+        # reader slot -> (epoch, index of its next item), from the batches consumed so far
+        # (restored ones included): where each data reader continues after a resume
+        self.positions: dict[int, tuple[int, int]] = {}
+        self.readers_per_process = max(1, cfg.num_workers)  # 0 workers: the process reads, as one reader
 
     # ---- state ----
 
     def _checkpoint(self) -> None:
+        # Collectives under DDP (every rank takes part): each rank has its own readers and its
+        # own RNG states (seeded seed + rank), and a resumed rank must get its own back.
+        positions = self._all_positions()
+        rng = self._gather(_rng_state())
         if not self.dist.main:
             return
         name = f"step-{self.step:08d}"
         path = storage.join(self.cfg.output, f"checkpoints/{name}")
+        # Tensors and plain values only: read back with weights_only=True (read_state).
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "config": asdict(self.cfg),
+                 "scheduler": self.scheduler.state_dict(), "rng": rng, "config": asdict(self.cfg),
                  "world": self.dist.world, "signature": self.signature,
-                 "batches": self.step * self.cfg.grad_accum}
+                 "batches": self.step * self.cfg.grad_accum,
+                 "data": {"readers_per_process": self.readers_per_process,
+                          "positions": [[slot, epoch, index] for slot, (epoch, index) in sorted(positions.items())]}}
         buf = io.BytesIO()
         torch.save(state, buf)
         _write_bytes(storage.join(path, STATE_NAME), buf.getvalue())
-        # The pointer moves only once the state is whole: a kill mid-write leaves the old one.
-        storage.write_text(storage.join(self.cfg.output, f"checkpoints/{LATEST}"), name)
+        # The pointer moves only once the state is whole, and is itself replaced whole (never
+        # truncated first): a kill at any moment leaves it naming a complete checkpoint.
+        _write_bytes(storage.join(self.cfg.output, f"checkpoints/{LATEST}"), name.encode())
         self.save_model(self.model, storage.join(self.cfg.output, "model"))
         self._prune(keep=name)
+
+    def _gather(self, value) -> list:
+        """`value` of every rank, in rank order (a collective under DDP)."""
+        if self.dist.world == 1:
+            return [value]
+        gathered: list = [None] * self.dist.world
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
+
+    def _all_positions(self) -> dict[int, tuple[int, int]]:
+        """Every reader's position, all ranks'. Each rank advances only its own readers' (slots
+        rank * readers_per_process ...), so that is what each contributes."""
+        return {slot: pos for rank, mine in enumerate(self._gather(self.positions)) for slot, pos in mine.items()
+                if slot // self.readers_per_process == rank}
 
     def _prune(self, keep: str) -> None:
         import fsspec
@@ -263,8 +340,7 @@ class Trainer:
         path = latest_checkpoint(self.cfg.output)
         if path is None:
             raise ValueError(f"--resume: no checkpoint under {self.cfg.output}/checkpoints")
-        state = torch.load(io.BytesIO(storage.read_bytes(storage.join(path, STATE_NAME))),
-                           map_location="cpu", weights_only=False)
+        state = read_state(path)
         if state.get("signature", {}) != self.signature:
             theirs, ours = state.get("signature", {}), self.signature
             diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
@@ -273,11 +349,19 @@ class Trainer:
         if state.get("world", 1) != self.dist.world:
             raise ValueError(f"--resume: the checkpoint was written by {state.get('world', 1)} processes, "
                              f"this run has {self.dist.world}; the data split would differ")
+        readers = state["data"]["readers_per_process"]
+        if readers != self.readers_per_process:  # positions are per reader of one split of the data
+            raise ValueError(f"--resume: the checkpoint was written with {readers} data reader(s) per process "
+                             f"(--num-workers {readers if readers > 1 else '0 or 1'}), this run has "
+                             f"{self.readers_per_process}; the data split would differ: resume with the same "
+                             "--num-workers")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"][self.dist.rank])
+        self.positions = {int(slot): (int(epoch), int(index))
+                          for slot, epoch, index in state["data"]["positions"]}
         self._truncate_metrics()
         if self.dist.main:
             log.warning("resumed from %s at step %d", path, self.step)
@@ -287,8 +371,7 @@ class Trainer:
         path = storage.join(self.cfg.output, "metrics.jsonl")
         if not self.dist.main or not storage.exists(path):
             return
-        lines = [ln for ln in storage.read_text(path).splitlines()
-                 if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        lines = [ln for ln in storage.read_text(path).splitlines() if _step_of(ln) <= self.step]
         storage.write_text(path, "".join(ln + "\n" for ln in lines))
 
     def _log(self, row: dict) -> None:
@@ -314,8 +397,11 @@ class Trainer:
             storage.write_text(storage.join(cfg.output, "train_config.json"),
                                json.dumps({"train": asdict(cfg), **self.run_info}, indent=2, default=str))
         self.stream.start_batch = self.step * cfg.grad_accum
-        loader = DataLoader(self.stream, batch_size=cfg.batch_size, collate_fn=self.collate,
-                            num_workers=cfg.num_workers, persistent_workers=False,
+        self.stream.start_positions = dict(self.positions)
+        # Every batch comes with its reader's position after it (streams.WithPosition).
+        loader = DataLoader(Positioned(self.stream), batch_size=cfg.batch_size,
+                            collate_fn=WithPosition(self.collate), num_workers=cfg.num_workers,
+                            persistent_workers=False,
                             # its own generator: building the loader must not move the global RNG,
                             # or a resumed run would diverge from an uninterrupted one
                             generator=torch.Generator().manual_seed(cfg.seed))
@@ -336,7 +422,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
-                batch = next(batches)
+                batch, position = next(batches)
+                self.positions[position.reader] = (position.epoch, position.index)
                 sync = (self.ddp is None or micro == cfg.grad_accum - 1)
                 with autocast, (contextlib.nullcontext() if sync else self.ddp.no_sync()):
                     out = self.loss_fn(net, _to_device(batch, self.device))
@@ -387,6 +474,15 @@ class Trainer:
         if self.dist.world > 1:
             torch.distributed.barrier()
         return metrics
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; infinity for a blank line or one torn by a kill mid-write
+    (dropped when the metrics are cut back to a checkpoint)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:
+        return math.inf
 
 
 def _write_bytes(url: str, data: bytes) -> None:
