@@ -209,6 +209,23 @@ def select_regions(boxes: torch.Tensor, probs: torch.Tensor, feats: torch.Tensor
             "features": feats[order]}
 
 
+class SquareRoIAlign(MultiScaleRoIAlign):
+    """RoIAlign over the pyramid of a letterboxed square input.
+
+    The feature maps cover the whole (size x size) square, so the level scales must come
+    from the square, not from the content sizes torchvision is handed (those clip boxes).
+    torchvision also keeps the scales of the first batch it pools: from content sizes, a
+    first batch of elongated images would set wrong scales for every later image.
+    """
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+
+    def forward(self, x, boxes, image_shapes):
+        return super().forward(x, boxes, [(self.size, self.size)] * len(image_shapes))
+
+
 class TEE(nn.Module):
     def __init__(self, config: TEEConfig):
         super().__init__()
@@ -232,8 +249,9 @@ class TEE(nn.Module):
             post_nms_top_n=dict(training=c.rpn_post_nms[0], testing=c.rpn_post_nms[1]),
             nms_thresh=c.rpn_nms_thresh)
         # canonical_scale keeps the level mapping of a 224-px box at P4 relative to a 512 input
-        pool = MultiScaleRoIAlign(list(LEVELS), output_size=c.roi_output_size, sampling_ratio=2,
-                                  canonical_scale=max(1, round(224 * c.image_size / 512)), canonical_level=4)
+        pool = SquareRoIAlign(c.image_size, featmap_names=list(LEVELS), output_size=c.roi_output_size,
+                              sampling_ratio=2, canonical_scale=max(1, round(224 * c.image_size / 512)),
+                              canonical_level=4)
         self.roi_heads = RoIHeads(
             pool, SlimBoxHead(c.fpn_channels, c.head_channels, c.roi_output_size, c.feature_dim),
             BoxPredictor(c.feature_dim, c.num_classes),

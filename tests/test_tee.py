@@ -49,6 +49,17 @@ def test_batch_equals_one_by_one():
         np.testing.assert_allclose(alone.boxes, r.boxes, rtol=1e-4, atol=1e-5)
 
 
+def test_features_do_not_depend_on_the_first_batch_the_model_saw():
+    probe = _images([(120, 90)], seed=3)
+    results = []
+    for first in ([(20, 300)], [(300, 300)]):  # a very elongated first batch, then a square one
+        model = build_tee("tee-tiny", classes=CLASSES).eval()
+        model.extract(_images(first, seed=1))
+        results.append(model.extract(probe)[0])
+    a, b = results
+    assert np.array_equal(a.boxes, b.boxes) and np.allclose(a.features, b.features, atol=1e-6)
+
+
 def test_blank_image_still_gives_min_regions():
     model = build_tee("tee-tiny", classes=CLASSES, score_thresh=0.999).eval()
     (r,) = model.extract([np.full((64, 64, 3), 127, np.uint8)])
