@@ -120,3 +120,58 @@ def environ(values: dict):
             else:
                 os.environ[k] = v
         _forget_filesystems()
+
+
+@contextlib.contextmanager
+def failing_proxy(upstream: str, marker: str, failures: int, status: int = 503):
+    """A reverse proxy to `upstream` that answers `status` to the first `failures` requests whose
+    path contains `marker` and forwards everything else; yields (its base URL, attempts by marker)."""
+    import urllib.error
+    import urllib.request
+
+    attempts = {"count": 0}
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _forward(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+            if marker in self.path:
+                with lock:
+                    attempts["count"] += 1
+                    fail = attempts["count"] <= failures
+                if fail:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            req = urllib.request.Request(upstream + self.path, data=body, headers=headers, method=self.command)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    code, reply, data = resp.status, resp.headers, resp.read()
+            except urllib.error.HTTPError as e:
+                code, reply, data = e.code, e.headers, e.read()
+            self.send_response(code)
+            for k, v in reply.items():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
+
+        def do_HEAD(self):
+            self._forward()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", attempts
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,6 +3,7 @@
 Inputs, images, outputs and run.json all go through the same code as on real buckets:
 fsspec (gcsfs, s3fs, HTTP) for reading and for the committed Parquet parts.
 """
+import contextlib
 import csv
 import io
 import json
@@ -41,6 +42,7 @@ def _check_outputs(output: str, labeled: set, failed: dict):
         run = json.load(f)
     assert run["status"] == "succeeded"
     assert (run["counts"]["labeled"], run["counts"]["failed"]) == (len(labeled), len(failed))
+    assert run["counts"]["extra_copies_removed"] == 0
     return labels
 
 
@@ -121,3 +123,37 @@ def test_teacher_loaded_from_a_gcs_directory(tmp_path):
 
         assert len(tagger([gradient(40, 30)])[0]) == 2
         assert list((tmp_path / "cache" / "remote").iterdir())  # copied once into the local cache
+
+
+def _flaky_gcs(failures):
+    """The GCS emulator behind a proxy that fails the first `failures` requests for flaky.jpg."""
+    stack = contextlib.ExitStack()
+    env = stack.enter_context(servers.gcs_emulator("flaky-bucket"))
+    url, attempts = stack.enter_context(servers.failing_proxy(env["STORAGE_EMULATOR_HOST"], "flaky.jpg", failures))
+    stack.enter_context(servers.environ({**env, "STORAGE_EMULATOR_HOST": url}))
+    fsspec.filesystem("gs").pipe("flaky-bucket/flaky.jpg", b"jpeg bytes")
+    return stack, attempts
+
+
+def test_one_retry_policy_on_gcs_a_passing_failure_is_retried_once_over():
+    from pipelines.data import storage
+
+    stack, attempts = _flaky_gcs(failures=2)
+    with stack:
+        assert storage.read_bytes("gs://flaky-bucket/flaky.jpg", retries=3, backoff_s=0.01) == b"jpeg bytes"
+    assert attempts["count"] == 3  # two 503s, then the object: gcsfs retried, nothing else did
+
+
+@pytest.mark.slow
+def test_one_retry_policy_on_gcs_is_not_stacked_on_gcsfs():
+    import gcsfs
+
+    from pipelines.data import storage
+
+    stack, attempts = _flaky_gcs(failures=10_000)
+    with stack:
+        with pytest.raises(Exception) as e:
+            storage.read_bytes("gs://flaky-bucket/flaky.jpg", retries=3, backoff_s=0.01)
+    assert not isinstance(e.value, storage.PermanentReadError)  # a 503 stays transient
+    # gcsfs's own attempts, once: ours on top would have made it 4 x as many.
+    assert attempts["count"] == gcsfs.GCSFileSystem.retries
