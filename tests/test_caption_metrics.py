@@ -270,6 +270,8 @@ def test_teacher_references(tmp_path, caplog):
     assert cm.teacher_references(str(labels), wanted, top=1) == {"a": ["a dog"], "c": ["a bus"]}
     assert cm.teacher_references(str(labels / "part-1.parquet"), {"a"}) == {"a": ["a second labeling run"]}
     assert cm.teacher_references(str(labels), set()) == {}
+    # None: every image of the table (blank-only "blank" still left out, "a" still its first row)
+    assert cm.teacher_references(str(labels), None, top=1) == {"a": ["a dog"], "b": ["a cat"], "c": ["a bus"]}
 
 
 def test_teacher_references_rejects_bad_arguments(tmp_path):
@@ -301,3 +303,21 @@ def test_format_table():
     ]
     with pytest.raises(ValueError, match="no results to format"):
         cm.format_table({})
+
+
+def test_length_stats_and_their_table():
+    stats = cm.length_stats(["A dog.", "a man riding a wave on a surfboard", "one two three four five six seven "
+                             "eight nine ten eleven twelve", "In this image I can see " + "word " * 80])
+    # words split at whitespace as written: 2, 8, 12, 86
+    assert stats == {"captions": 4, "min": 2, "median": 10.0, "mean": 27.0, "max": 86, "histogram": {
+        "0": 0, "1-5": 1, "6-10": 1, "11-15": 1, "16-20": 0, "21-30": 0, "31-40": 0, "41-60": 0, "61-80": 0,
+        "81+": 1}}
+    assert cm.length_stats(["", "  "])["histogram"]["0"] == 2
+    none = cm.length_stats([])
+    assert none["captions"] == 0 and none["min"] is none["median"] is none["mean"] is none["max"] is None
+    table = cm.format_lengths({"teacher": cm.length_stats(["a b c", "a b c d e f"]), "references": none})
+    assert table.splitlines() == [
+        "words per caption  captions  min  median  mean  max  1-5  6-10",
+        "teacher                   2    3     4.5   4.5    6    1     1",
+        "references                0    -       -     -    -    0     0",
+    ]

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -202,35 +203,38 @@ def score_captions(references: dict[str, list[str]], predictions: dict[str, str]
     return {"metrics": metrics, "per_image": per_image, "images": len(ids)}
 
 
-def teacher_references(labels_path: str, image_ids: set[str], *, top: int | None = None) -> dict[str, list[str]]:
+def teacher_references(labels_path: str, image_ids: set[str] | None, *,
+                       top: int | None = None) -> dict[str, list[str]]:
     """The teacher's pseudo captions (best first; all, or the `top` best) for the given images.
 
     Streams the labels table (`labels_path`: a directory, glob or file, any fsspec URL)
     a batch at a time and keeps only the rows asked for, so memory grows with
-    `image_ids`, not with the table. Ids the table does not have are simply absent from
+    `image_ids`, not with the table; `image_ids=None` asks for every image of the table
+    (memory then grows with the table). Ids the table does not have are simply absent from
     the result, as are images whose captions are all blank; the caller compares keys.
     If an image has several rows (two labeling runs in one folder), the first in file
     order wins and a warning counts the others.
     """
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise ValueError(f"top must be a positive integer or None, got {top!r}")
-    wanted = set(image_ids)
-    bad = [i for i in wanted if not isinstance(i, str)]
+    wanted = None if image_ids is None else set(image_ids)
+    bad = [i for i in wanted or () if not isinstance(i, str)]
     if bad:
         raise TypeError(f"image ids must be strings; got {type(bad[0]).__name__} ids such as {bad[0]!r}")
     files = parquet_files(labels_path)
     if not files:
         raise ValueError(f"no labels Parquet files at {labels_path}")
     refs: dict[str, list[str]] = {}
-    if not wanted:
+    if wanted is not None and not wanted:
         return refs
-    value_set = pa.array(sorted(wanted), type=pa.string())
+    value_set = None if wanted is None else pa.array(sorted(wanted), type=pa.string())
     seen: set[str] = set()
     duplicates = 0
     for file in files:
         for batch in iter_file_batches(file, LABELS, ["image_id", "captions"]):
             # Filter in Arrow first: only the asked-for rows become Python objects.
-            batch = batch.filter(pc.is_in(batch.column("image_id"), value_set=value_set))
+            if value_set is not None:
+                batch = batch.filter(pc.is_in(batch.column("image_id"), value_set=value_set))
             for row in batch.to_pylist():
                 image_id = row["image_id"]
                 if image_id in seen:
@@ -244,6 +248,52 @@ def teacher_references(labels_path: str, image_ids: set[str], *, top: int | None
         log.warning("%s: %d duplicate labels rows for the asked-for images ignored (first row kept)",
                     labels_path, duplicates)
     return refs
+
+
+# Words per caption, binned the same for every caption set so that one-sentence captions
+# (COCO-style, about ten words) and spoken narratives, several times longer, read side by side.
+LENGTH_BINS = ((0, 0), (1, 5), (6, 10), (11, 15), (16, 20), (21, 30), (31, 40), (41, 60), (61, 80), (81, None))
+
+
+def _bin_name(low: int, high: int | None) -> str:
+    if high is None:
+        return f"{low}+"
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def length_stats(captions: Iterable[str]) -> dict:
+    """Words per caption (whitespace-separated, as written): count, min, median, mean, max, histogram.
+
+    The histogram is {"0": n, "1-5": n, "6-10": n, ..., "81+": n} over LENGTH_BINS, every
+    bin present. No captions at all gives count 0 and None for the statistics.
+    """
+    lengths = sorted(len(c.split()) for c in captions)
+    histogram = {_bin_name(low, high): 0 for low, high in LENGTH_BINS}
+    for n in lengths:
+        low, high = next(b for b in LENGTH_BINS if b[1] is None or n <= b[1])
+        histogram[_bin_name(low, high)] += 1
+    if not lengths:
+        return {"captions": 0, "min": None, "median": None, "mean": None, "max": None, "histogram": histogram}
+    return {"captions": len(lengths), "min": lengths[0], "median": float(statistics.median(lengths)),
+            "mean": sum(lengths) / len(lengths), "max": lengths[-1], "histogram": histogram}
+
+
+def format_lengths(rows: dict[str, dict]) -> str:
+    """Named length_stats as a plain-text table: the statistics, then the histogram bins
+    from the first to the last one any row fills (empty bins between them stay visible)."""
+    names = [_bin_name(*b) for b in LENGTH_BINS]
+    filled = [k for k, b in enumerate(names) if any(r["histogram"].get(b) for r in rows.values())]
+    bins = names[filled[0]:filled[-1] + 1] if filled else []
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
+
+    header = ["words per caption", "captions", "min", "median", "mean", "max", *bins]
+    body = [[name, *(cell(r[k]) for k in ("captions", "min", "median", "mean", "max")),
+             *(str(r["histogram"][b]) for b in bins)] for name, r in rows.items()]
+    widths = [max(len(line[k]) for line in (header, *body)) for k in range(len(header))]
+    return "\n".join("  ".join([line[0].ljust(widths[0]), *(v.rjust(w) for v, w in zip(line[1:], widths[1:]))])
+                     for line in (header, *body))
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
