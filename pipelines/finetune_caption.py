@@ -51,7 +51,7 @@ def parse_args(argv):
 def data_files(data: str, features: str | None, what: str) -> tuple[list[str], dict | None, object]:
     """--train/--val -> (shard files, COCO references or None, the schema they must have)."""
     from pipelines.train.caption_data import read_coco_captions
-    from pipelines.train.pretrain_data import shard_files
+    from pipelines.train.pretrain_data import check_corpus_finished, shard_files
     from schemas import CORPUS, FEATURES
 
     if data.endswith(".json"):
@@ -66,6 +66,8 @@ def data_files(data: str, features: str | None, what: str) -> tuple[list[str], d
     if features:
         raise ValueError(f"--{what} {data} is a corpus (it has its features); --features is for a COCO JSON")
     shards = storage.join(data, "shards" if what == "train" else "val")
+    if storage.exists(shards):
+        check_corpus_finished(data)
     files = shard_files(shards if storage.exists(shards) else data)
     if not files:
         raise ValueError(f"{data} holds no corpus shards: build it with pipelines.build_corpus")

@@ -76,6 +76,7 @@ def run(argv: list[str] | None = None) -> int:
         CorpusStream,
         ObjectiveConfig,
         PretrainCollate,
+        check_corpus_finished,
         check_extractors,
         check_shards,
         shard_files,
@@ -86,6 +87,7 @@ def run(argv: list[str] | None = None) -> int:
         cfg = train_config(args)
         objective = ObjectiveConfig(mask_prob=args.mask_prob, polluted_caption=args.polluted_caption,
                                     polluted_tags=args.polluted_tags)
+        check_corpus_finished(args.corpus)
         train_files = shard_files(storage.join(args.corpus, "shards"))
         if not train_files:
             raise ValueError(f"{args.corpus}/shards holds no Parquet shards: build it with pipelines.build_corpus")

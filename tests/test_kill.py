@@ -85,7 +85,13 @@ def test_build_corpus_killed_mid_way_is_marked_unfinished_and_a_rerun_recovers(t
             "--shard-rows", 16]
     proc = _popen("pipelines.build_corpus", *args)
     _kill_when(proc, lambda: any((out / "shards").glob("*.parquet")))
-    assert json.loads((out / "run.json").read_text())["status"] == "running"  # never mistaken for a corpus
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    # whatever shards it published, no trainer takes them for a corpus
+    refused = subprocess.run([sys.executable, "-m", "pipelines.train_student", "--corpus", out, "--tee", "tiny",
+                              "--init", "tiny", "--output", tmp_path / "ckpt", "--max-steps", "2"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "is not a finished corpus (run.json status 'running')" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
 
     again = subprocess.run([sys.executable, "-m", "pipelines.build_corpus", *map(str, args)], cwd=REPO,
                            capture_output=True, text=True, timeout=600)

@@ -61,6 +61,28 @@ def shard_files(path: str) -> list[str]:
     return parquet_files(path)
 
 
+def check_corpus_finished(corpus: str) -> None:
+    """A corpus folder whose run record says build_corpus did not finish is refused (ValueError).
+
+    build_corpus publishes its shards one by one; a run stopped mid-way leaves run.json at
+    "running" and a partial set of shards, which must never be trained on as a corpus.
+    """
+    import json
+
+    from pipelines.data import storage
+
+    record = storage.join(corpus, "run.json")
+    if not storage.exists(record):
+        return  # shards laid out by hand (tests, other tools): nothing says they are partial
+    try:
+        status = json.loads(storage.read_text(record)).get("status")
+    except (ValueError, AttributeError):
+        status = None
+    if status != "succeeded":
+        raise ValueError(f"{corpus} is not a finished corpus (run.json status {status!r}): build_corpus stopped "
+                         "before the end; rerun it with --overwrite")
+
+
 def check_shards(files: list[str], schema=None) -> None:
     """Every shard is a `schema` table (default: corpus) of a version this release reads
     (raises SchemaVersionError)."""
