@@ -1,13 +1,17 @@
 """Peak memory of the labeling job as its input grows: it should stay flat.
 
-    python -m benchmarks.memory [--sizes 50 200 800] [--teachers tiny|off] [--json PATH]
+    python -m benchmarks.memory [--sizes 50 200 800] [--teachers tiny|off]
+                                [--dedupe auto|disk|shuffle] [--json PATH]
 
 Each size runs the real job (DirectRunner, tiny teachers, fast generation settings) in a
 fresh interpreter over a table that lists the bundled sample photos again and again
 under distinct ids, and reports that interpreter's peak RSS. Images stream through
-decode -> teachers -> committed parts, so the peak should not grow with the input
-beyond the per-image bookkeeping: the DirectRunner holds the dedupe grouping (every
-ImageRef, by image_id) in memory, about 2 KB per id (`python -m benchmarks.throughput`).
+decode -> teachers -> committed parts, and the per-image bookkeeping (which rows are
+new, the ids earlier runs committed, the launcher's own count) lives on disk, so the
+peak should not grow with the input. The table ends with the slope of peak RSS over
+input size, a least-squares fit over all the sizes, in KB (1000 bytes) per image.
+`--dedupe shuffle` selects the rows the way Dataflow does, by a CoGroupByKey, which the
+DirectRunner holds in memory: the job as it was before the on-disk selection.
 
 `--teachers off` runs the same job with both teachers off (`run_decode_write`: the
 labeling job's own stages, decode -> labels rows with no captions or tags -> committed
@@ -134,10 +138,12 @@ def run_child(job_args: list[str], *, teachers_off: bool = False, env: dict | No
             "stderr": proc.stderr}
 
 
-def measure(n: int, workdir: Path, teachers: str = "tiny", photos: list | None = None) -> dict:
+def measure(n: int, workdir: Path, teachers: str = "tiny", photos: list | None = None,
+            dedupe: str = "auto") -> dict:
     table = workdir / f"table-{n}.csv"
     write_table(table, n, photos)
-    args = ["--runner", "DirectRunner", "--input", str(table), "--output", str(workdir / f"out-{teachers}-{n}")]
+    args = ["--runner", "DirectRunner", "--input", str(table), "--output", str(workdir / f"out-{teachers}-{n}"),
+            "--dedupe", dedupe]
     if teachers == "tiny":
         args += ["--captioner", "tiny", "--tagger", "tiny", "--num-captions", "1", "--num-beams", "1",
                  "--max-new-tokens", "4", "--batch-size", "16"]
@@ -145,7 +151,18 @@ def measure(n: int, workdir: Path, teachers: str = "tiny", photos: list | None =
     wall = r["process_wall_s"]
     return {"images": n, "teachers": teachers, "peak_rss_mb": round(r["peak_rss_kb"] / 1024, 1),
             "peak_rss_kb": r["peak_rss_kb"], "wall_s": round(wall, 1), "images_per_s": round(n / wall, 2),
-            "job_wall_s": r["run"]["wall_seconds"], "counts": r["run"]["counts"]}
+            "job_wall_s": r["run"]["wall_seconds"], "counts": r["run"]["counts"], "dedupe": r["run"]["dedupe"]}
+
+
+def slope_kb_per_image(results: list[dict]) -> float:
+    """Least-squares slope of peak RSS (bytes) over images, in KB (1000 bytes) per image."""
+    xs = [r["images"] for r in results]
+    ys = [r["peak_rss_kb"] * 1024 for r in results]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("--sizes needs at least two different sizes to fit a slope")
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx / 1000
 
 
 def main(argv=None) -> None:
@@ -153,22 +170,35 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 800])
     ap.add_argument("--teachers", choices=("tiny", "off"), default="tiny",
                     help="tiny random teachers, or none at all (decode + write only)")
+    ap.add_argument("--dedupe", choices=("auto", "disk", "shuffle"), default="auto",
+                    help="the job's --dedupe: auto is disk on the DirectRunner; shuffle = the in-memory grouping")
+    ap.add_argument("--target-kb", type=float, default=0.3, help="the slope that counts as flat, KB per image")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    if len(set(args.sizes)) < 2:
+        ap.error("--sizes needs at least two different sizes to fit a slope")
     with tempfile.TemporaryDirectory() as tmp:
-        results = [measure(n, Path(tmp), args.teachers) for n in args.sizes]
+        results = [measure(n, Path(tmp), args.teachers, dedupe=args.dedupe) for n in args.sizes]
+    slope = slope_kb_per_image(results)
     base = results[0]["peak_rss_mb"]
     print("| images | peak RSS (MB) | vs smallest | wall (s) | images/s |")
     print("|-------:|--------------:|------------:|---------:|---------:|")
     for r in results:
         print(f"| {r['images']} | {r['peak_rss_mb']} | {r['peak_rss_mb'] / base:.2f}x | {r['wall_s']} | "
               f"{r['images_per_s']} |")
+    holds = "holds" if slope <= args.target_kb else "does not hold"
+    print(f"| slope (least squares, {len(results)} sizes) | {slope:.3f} KB per image | target <= "
+          f"{args.target_kb:g}: {holds} | | |")
+    print(f"\nSelection: --dedupe {args.dedupe} ({results[0]['dedupe']}). At this slope, 9M images change the "
+          f"peak by {slope * 9e6 / 1e6:+.2f} GB.")  # KB per image x images / 1e6 = GB
     if args.teachers == "tiny":
         print("\nTiny random teachers (tiny-random): the numbers measure the pipeline, not real models.")
     else:
         print("\nTeachers off: decode + labels rows + committed parts only.")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        report = {"slope_kb_per_image": slope, "target_kb_per_image": args.target_kb, "dedupe": args.dedupe,
+                  "teachers": args.teachers, "results": results}
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ from pipelines.beam.extraction import KIND, FeatureJob, TEESpec, build
 from pipelines.cli import UsageError
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """App flags (dashes) are ours; everything else is a Beam pipeline option."""
+def parse_args(argv: list[str] | None, recorded: dict | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """App flags (dashes) are ours; everything else is a Beam pipeline option.
+
+    `recorded`: options to start from instead of the defaults (a run's, for
+    --retry-failures): only the flags on the command line replace them.
+    """
     ap = argparse.ArgumentParser(
         prog="python -m pipelines.extract_features",
         description="Extract TEE region features (boxes, scores, labels, float16 vectors) from images "
@@ -28,13 +32,17 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     )
     jobrun.add_io_args(ap, verb="extract")
     te = ap.add_argument_group("extractor")
-    te.add_argument("--tee", required=True,
+    te.add_argument("--tee", default=None,
                     help="a TEE directory written by TEE.save_pretrained (local, gs://, s3://), "
-                         "or 'tiny' (a seeded random tee-tiny, for tests and smoke runs)")
+                         "or 'tiny' (a seeded random tee-tiny, for tests and smoke runs); required, except "
+                         "with --retry-failures, which reruns with the run's own")
     te.add_argument("--cache-dir", default=None,
                     help="where 'tiny' is built (default $MINIVLM_CACHE or ~/.cache/minivlm)")
     jobrun.add_inference_args(ap, models="TEE")
-    return ap.parse_known_args(argv)
+    args, beam_args = ap.parse_known_args(argv, namespace=argparse.Namespace(**(recorded or {})))
+    if args.tee is None and not args.retry_failures:
+        ap.error("the following arguments are required: --tee")
+    return args, beam_args
 
 
 def load_spec(reference: str, cache_dir: str | None = None) -> TEESpec:
@@ -80,7 +88,7 @@ def count_outputs(output: str) -> dict:
 def run(argv: list[str] | None = None) -> int:
     args, beam_args = parse_args(argv)
     return jobrun.run_job(KIND, args, beam_args, make_job=make_job, build=build, describe=describe,
-                              check_resume=check_resume)
+                          check_resume=check_resume, reparse=lambda recorded: parse_args(argv, recorded))
 
 
 def main() -> None:

@@ -43,6 +43,8 @@ def test_sample_every_image_is_exactly_one_row(sample_run):
     c = run["counts"]
     assert c["labeled"] == len(labels) and c["failed"] == len(failures)
     assert c["distinct_images"] == c["input_rows"] == len(_manifest_ids()) and c["duplicates"] == 0
+    assert c["extra_copies_removed"] == 0 and run["dedupe"] == "disk"  # the DirectRunner's selection
+    assert run["beam_counters"] == {k: c[k] for k in run["beam_counters"]}  # the job's counters agree
     assert "[pseudo_label] read" in proc.stderr  # progress while it runs
     assert f"{len(ids)} images" in proc.stderr.strip().splitlines()[-1]
 
@@ -82,6 +84,7 @@ def test_existing_output_is_refused_then_overwritten(tmp_path):
     assert third.returncode == 0, third.stderr[-2000:]
     labels, failures, run = _outputs(out)
     assert len(labels) + len(failures) == 3 and run["counts"]["input_rows"] == 3
+    assert run["counts"]["extra_copies_removed"] == 0
 
 
 def test_default_hub_teachers_offline_exit_2_with_one_line(tmp_path, monkeypatch):
@@ -140,6 +143,7 @@ def test_openimages_csv_with_image_root_and_hostile_rows(tmp_path):
     c = run["counts"]
     assert (c["input_rows"], c["duplicates"], c["distinct_images"]) == (10, 1, 9)
     assert c["labeled"] + c["failed"] == 9 and c["failed_by_stage"] == {"read": 1, "decode": 3, "manifest": 2}
+    assert c["extra_copies_removed"] == 0
 
 
 def test_glob_input(tmp_path):
@@ -148,6 +152,7 @@ def test_glob_input(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     labels, failures, run = _outputs(tmp_path / "out")
     assert len(labels) + len(failures) == 4 and run["counts"]["input_rows"] == 4
+    assert run["counts"]["extra_copies_removed"] == 0
     assert all(r["license"] is None for r in labels)  # a bare glob carries no attribution
 
 
@@ -174,6 +179,7 @@ def test_multi_processing_direct_runner(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     labels, failures, run = _outputs(tmp_path / "out")
     assert len(labels) + len(failures) == 6 and run["counts"]["distinct_images"] == 6
+    assert run["counts"]["extra_copies_removed"] == 0 and run["dedupe"] == "disk"  # shards over 2 processes
 
 
 @pytest.mark.slow
@@ -187,6 +193,14 @@ def test_dataflow_dry_run_translates_offline(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dry run" in proc.stderr
+
+
+def test_dedupe_on_disk_needs_a_local_runner(tmp_path):
+    line = _one_line_error(run_cli("--runner", "DataflowRunner", "--project", "my-project", "--region", "us-central1",
+                                   "--temp_location", "gs://example-bucket/tmp", "--output", "gs://example-bucket/out",
+                                   "--captioner", "tiny", "--tagger", "tiny", "--dedupe", "disk", "--dry_run=True",
+                                   "--no_auth"))
+    assert "--dedupe disk needs a runner on this machine" in line
 
 
 def test_unreachable_remote_manifest_fails_the_job_with_a_record(tmp_path):

@@ -68,6 +68,7 @@ def test_sample_gives_one_features_row_per_image(sample_features, tee):
     assert run["job"] == "extract_features" and run["status"] == "succeeded"
     c = run["counts"]
     assert (c["extracted"], c["failed"], c["input_rows"], c["distinct_images"]) == (22, 0, 22, 22)
+    assert c["extra_copies_removed"] == 0
     assert run["tee"]["extractor_id"] == tee.extractor_id()
     assert run["tee"]["provenance"] == "tiny-random/tee-tiny" and run["tee"]["reference"] == "tiny"
     assert run["tee"]["config"]["feature_dim"] == tee.config.feature_dim
@@ -158,7 +159,7 @@ def test_hostile_inputs_become_failures_and_nothing_is_lost(tmp_path):
     c = run["counts"]
     assert (c["input_rows"], c["duplicates"], c["distinct_images"]) == (10, 1, 9)
     assert c["extracted"] + c["failed"] == c["distinct_images"] == table.num_rows + len(failures)
-    assert c["failed_by_stage"] == {"read": 1, "decode": 3, "manifest": 2}
+    assert c["failed_by_stage"] == {"read": 1, "decode": 3, "manifest": 2} and c["extra_copies_removed"] == 0
 
 
 def test_resume_skips_committed_images(tmp_path, capsys):
@@ -177,7 +178,7 @@ def test_resume_skips_committed_images(tmp_path, capsys):
     assert len(ids) == len(set(ids)) == 6 and not failures
     assert sorted(ids) == sorted(r.image_id for r in sources.iter_refs(sources.SourceSpec(str(SAMPLE_CSV), limit=6)))
     c = run["counts"]
-    assert (c["already_done"], c["extracted"], c["distinct_images"]) == (3, 6, 6)
+    assert (c["already_done"], c["extracted"], c["distinct_images"], c["extra_copies_removed"]) == (3, 6, 6, 0)
     assert [h["status"] for h in run["history"]] == ["succeeded"] and run["resumed_from_parts"] == len(parts)
     assert set(parts) <= {p.name for p in (out / "features").glob("*.parquet")}  # committed parts untouched
 
@@ -285,6 +286,7 @@ def test_multi_processing_direct_runner(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     table, failures, run = _outputs(tmp_path / "out")
     assert table.num_rows + len(failures) == 3 and run["counts"]["distinct_images"] == 3
+    assert run["counts"]["extra_copies_removed"] == 0
 
 
 @pytest.mark.slow

@@ -5,12 +5,13 @@ import json
 import threading
 from collections import Counter
 
+import apache_beam as beam
 import pytest
 
 from pipelines.data import storage
-from schemas import FAILURES, LABELS, read_table
+from schemas import FAILURES, LABELS, labels_row, read_table
 from tests import imagegen
-from tests.conftest import run_cli
+from tests.conftest import SAMPLE_CSV, run_cli
 
 FAST = ["--runner", "DirectRunner", "--captioner", "tiny", "--tagger", "tiny",
         "--num-captions", "1", "--num-beams", "1", "--max-new-tokens", "4"]
@@ -95,6 +96,8 @@ def test_job_over_a_flaky_http_store(tmp_path):
     got = {r["image_id"]: (r["stage"], r["error_type"]) for r in failures}
     assert got["gone"] == ("read", "FileNotFoundError")
     assert got["down"][0] == "read" and "500" in next(r["message"] for r in failures if r["image_id"] == "down")
+    c = json.loads((tmp_path / "out" / "run.json").read_text())["counts"]
+    assert (c["labeled"], c["failed"], c["distinct_images"], c["extra_copies_removed"]) == (4, 2, 6, 0)
 
 
 def test_hostile_manifest_and_names(tmp_path):
@@ -139,7 +142,7 @@ def test_hostile_manifest_and_names(tmp_path):
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     c = run["counts"]
     assert (c["duplicates"], c["labeled"], c["failed"]) == (1, len(distinct), len(expected_failures))
-    assert c["distinct_images"] == c["labeled"] + c["failed"]
+    assert c["distinct_images"] == c["labeled"] + c["failed"] and c["extra_copies_removed"] == 0
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\x00\x81", b"", b"image,path\nx,y\n"])
@@ -148,3 +151,53 @@ def test_unparseable_local_manifest_is_exit_2(tmp_path, content):
     proc = run_cli(*FAST, "--input", tmp_path / "m.csv", "--output", tmp_path / "out")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("pseudo_label: error:")
+
+
+# ---- the launcher's count, apart from the pipeline and its Beam counters -------------
+
+class NoTeacherRow(beam.DoFn):
+    """A decoded image -> a labels row with no captions or tags (a job with no model)."""
+
+    def process(self, work):
+        ref = work.ref
+        yield labels_row(image_id=ref.image_id, source_uri=ref.uri, sha256=work.sha256, width=work.width,
+                         height=work.height, captions=[], tags=[], captioner=None, tagger=None, teacher_params={})
+
+
+def _bare_job(tmp_path, lose: str | None):
+    """A labeling job with no selection stage (so no selection counters) that may lose one image."""
+    from pipelines import pseudo_label as pl
+    from pipelines.beam import jobrun, labeling
+    from pipelines.beam.imagejob import FAILED, ReadAndDecode, commit_outputs
+    from pipelines.data import sources
+
+    def make_job(args):
+        return labeling.LabelJob(**jobrun.common_job_fields(args), captioner=None, tagger=None, vocab=None)
+
+    def build(p, job):
+        refs = (p | beam.Create(list(sources.iter_refs(job.source)))
+                | beam.Filter(lambda ref: ref.image_id != lose))  # a bug that drops an image
+        decoded = refs | beam.ParDo(ReadAndDecode(64, 10**8, 0)).with_outputs(FAILED, main="ok")
+        commit_outputs(job, labeling.KIND, decoded.ok | beam.ParDo(NoTeacherRow()), [decoded[FAILED]])
+
+    args, beam_args = pl.parse_args(["--runner", "DirectRunner", "--limit", "4", "--output", str(tmp_path / "out")])
+    return jobrun.run_job(labeling.KIND, args, beam_args, make_job=make_job, build=build, describe=pl.describe)
+
+
+def test_counts_are_checked_without_beam_counters(tmp_path):
+    assert _bare_job(tmp_path, lose=None) == 0
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["status"] == "succeeded" and run["beam_counters"] is None  # nothing for the check to lean on
+    c = run["counts"]
+    assert (c["input_rows"], c["distinct_images"], c["labeled"], c["extra_copies_removed"]) == (4, 4, 4, 0)
+
+
+def test_a_job_that_loses_an_image_is_caught(tmp_path, capsys):
+    with open(SAMPLE_CSV, newline="") as f:
+        lost = next(csv.DictReader(f))["ImageID"]
+    assert _bare_job(tmp_path, lose=lost) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "pseudo_label: error: 4 distinct images but 3 output rows"
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["status"] == "inconsistent" and run["counts"]["labeled"] == 3
+    assert run["counts"]["extra_copies_removed"] == 0

@@ -53,6 +53,7 @@ def test_sigkill_then_resume_labels_every_image_exactly_once(tmp_path):
     assert len(ids) == len(set(ids)) == total  # nothing lost, nothing twice
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "succeeded" and run["counts"]["already_done"] == len(committed)
+    assert run["counts"]["extra_copies_removed"] == 0
     assert run["history"][0]["status"] == "running" and len(run["history"]) == 1
     assert not list(out.rglob("*.inprogress"))
     # every committed part holds at most ROWS_PER_PART rows: the most a kill can lose
@@ -69,6 +70,7 @@ def test_resume_of_a_finished_run_does_nothing_new(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["counts"]["already_done"] == 3 and run["counts"]["labeled"] == 3
+    assert run["counts"]["extra_copies_removed"] == 0
     assert sorted(p.name for p in (tmp_path / "out" / "labels").glob("*.parquet")) == parts
     assert [h["status"] for h in run["history"]] == ["succeeded"]
 
@@ -79,3 +81,20 @@ def test_overwrite_and_resume_together_is_a_usage_error(tmp_path):
     assert run_cli(*args).returncode == 0
     proc = run_cli(*args, "--resume", "--overwrite")
     assert proc.returncode == 2 and "contradict" in proc.stderr
+
+
+def test_resume_by_the_shuffle_as_on_dataflow(tmp_path):
+    """--dedupe shuffle (Dataflow's CoGroupByKey) resumes a run the on-disk selection began."""
+    args = ["--runner", "DirectRunner", "--captioner", "tiny", "--tagger", "tiny", "--num-captions", "1",
+            "--num-beams", "1", "--max-new-tokens", "4", "--output", tmp_path / "out"]
+    first = run_cli(*args, "--limit", "3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_cli(*args, "--limit", "5", "--resume", "--dedupe", "shuffle")
+    assert second.returncode == 0, second.stderr[-2000:]
+    ids = _ids(tmp_path / "out", "labels", LABELS) + _ids(tmp_path / "out", "failures", FAILURES)
+    assert len(ids) == len(set(ids)) == 5
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    c = run["counts"]
+    assert run["dedupe"] == "shuffle" and run["history"][0]["dedupe"] == "disk"
+    assert (c["already_done"], c["distinct_images"], c["extra_copies_removed"]) == (3, 5, 0)
+    assert run["beam_counters"] == {k: c[k] for k in run["beam_counters"]}  # the grouping counted the same

@@ -41,3 +41,46 @@ def test_remove_in_progress(tmp_path):
     (tmp_path / "labels" / f"part-x.parquet.1234{sinks.IN_PROGRESS}").write_bytes(b"half")
     assert sinks.remove_in_progress(str(tmp_path), "labels") == 1
     assert sinks.remove_in_progress(str(tmp_path), "failures") == 0
+
+
+def test_drop_rows_publishes_the_rest_whole_and_removes_the_old_part(tmp_path):
+    out = str(tmp_path)
+    part = sinks.commit_part(out, "failures", FAILURES, [_failure("a"), _failure("b"), _failure("c")])
+    sinks.drop_rows(out, "failures", FAILURES, part, [1])
+    assert _ids(out, "failures", FAILURES) == ["a", "c"]
+    assert part not in sinks.list_parts(out, "failures") and not list(tmp_path.rglob(f"*{sinks.IN_PROGRESS}"))
+    (only,) = sinks.list_parts(out, "failures")
+    sinks.drop_rows(out, "failures", FAILURES, only, [0, 1])  # nothing left: the part goes
+    assert sinks.list_parts(out, "failures") == []
+
+
+def test_parts_of_another_run_are_never_replaced(tmp_path):
+    out = str(tmp_path)
+    first = sinks.commit_part(out, "failures", FAILURES, [_failure("a")], run_id="2030-01-01T00:00:00")
+    again = sinks.commit_part(out, "failures", FAILURES, [_failure("a")], run_id="2030-01-01T00:00:00")
+    later = sinks.commit_part(out, "failures", FAILURES, [_failure("a")], run_id="2030-01-02T00:00:00")
+    assert first == again != later  # a retried bundle replaces its part; a later run adds its own
+
+
+def test_settle_drops_the_older_rows_of_retried_images(tmp_path):
+    from pipelines.beam import retry
+
+    out = str(tmp_path)
+    tables = {"labels": LABELS, "failures": FAILURES}
+    transient = {"source_uri": None, "stage": "read", "error_type": "ClientResponseError",
+                 "message": "503, message='Service Unavailable', url='/x'"}
+    old = {sinks.commit_part(out, "failures", FAILURES, [
+        failure_row(image_id="a", **transient), failure_row(image_id="b", **transient),
+        failure_row(image_id="c", **transient), _failure_404("d")])}
+    sinks.commit_part(out, "labels", LABELS, [_label("a")], run_id="retry")  # recovered
+    sinks.commit_part(out, "failures", FAILURES, [failure_row(image_id="b", **transient)], run_id="retry")  # again
+    counts = retry.settle(out, tables, old, "transient", codec="zstd")
+    assert counts == {"mode": "transient", "retried": 2, "recovered": 1, "failed_again": 1, "not_retried": 1,
+                      "left_alone": 1, "left_alone_by_kind": {"read/FileNotFoundError": 1}}
+    assert _ids(out, "labels", LABELS) == ["a"] and _ids(out, "failures", FAILURES) == ["b", "c", "d"]
+    assert sinks.reconcile(out, tables) == 0  # one row per image
+
+
+def _failure_404(image_id):
+    return failure_row(image_id=image_id, source_uri=None, stage="read", error_type="FileNotFoundError",
+                       message=f"/{image_id}")

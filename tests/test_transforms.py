@@ -169,3 +169,61 @@ def test_dead_letters_become_one_failure_row_per_image():
     assert "bad batch" in rows[0]["message"]
     (row, _) = list(convert((batch, KeyError("k"))))
     assert row["error_type"] == "KeyError"
+
+
+def _committed(out):
+    """Parts an earlier run committed: c labeled; d failed permanently (404); e and f failed on a 503."""
+    from pipelines.beam import sinks
+    from schemas import FAILURES, LABELS, failure_row, labels_row
+
+    sinks.commit_part(out, "labels", LABELS, [labels_row(
+        image_id="c", source_uri="/c", sha256="0" * 64, width=1, height=1, captions=[{"text": "c", "score": -1.0}],
+        tags=[], captioner="tiny-random/blip", tagger=None, teacher_params={})])
+    sinks.commit_part(out, "failures", FAILURES, [
+        failure_row(image_id="d", source_uri="/d", stage="read", error_type="FileNotFoundError", message="/d"),
+        failure_row(image_id="e", source_uri="/e", stage="read", error_type="ClientResponseError",
+                    message="503, message='Service Unavailable', url='/e'"),
+        failure_row(image_id="f", source_uri="/f", stage="caption", error_type="RuntimeError", message="OOM"),
+        failure_row(image_id="zombie", source_uri="/z", stage="decode", error_type="EmptyFile", message="empty")])
+    return tuple((t, p) for t in ("labels", "failures") for p in sinks.list_parts(out, t))
+
+
+@pytest.mark.parametrize("retry,only_retry,expected", [
+    (None, False, {"a": "/a1", "b": "/b", "g": "/g"}),  # --resume: the new ones
+    ("transient", True, {"e": "/e", "f": "/f"}),  # --retry-failures: the 503 and the model error
+    ("transient", False, {"a": "/a1", "b": "/b", "e": "/e", "f": "/f", "g": "/g"}),  # both, with --resume
+    ("all", True, {"d": "/d", "e": "/e", "f": "/f"}),  # --retry-failures all: the 404 too
+])
+def test_disk_and_shuffle_select_the_same_rows(tmp_path, retry, only_retry, expected):
+    """The on-disk pass (DirectRunner) and the CoGroupByKey (Dataflow) pick the same first rows."""
+    import os
+    from dataclasses import replace
+
+    from pipelines.beam import imagejob
+
+    out = str(tmp_path / "out")
+    (tmp_path / "t.csv").write_text("image_id,uri\n" + "".join(f"{i},{u}\n" for i, u in [
+        ("a", "/a1"), ("b", "/b"), ("a", "/a2"), ("c", "/c"), ("d", "/d"), ("e", "/e"), ("f", "/f"), ("g", "/g"),
+        ("e", "/e2")]))
+    job = replace(_job(tmp_path, tmp_path / "t.csv"), done_parts=_committed(out), retry=retry,
+                  only_retry=only_retry, scratch_dir=str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    for select in (imagejob.select_on_disk, imagejob.select_by_shuffle):
+        with TestPipeline() as p:
+            rows = select(p, job, labeling.KIND) | beam.Map(lambda r: (r.image_id, r.uri))
+            assert_that(rows, equal_to(sorted(expected.items())))
+    assert os.listdir(tmp_path / "scratch") == []  # every spill shard read and removed
+
+
+def test_plan_counts_what_first_new_row_counts(tmp_path):
+    from pipelines.beam import plan
+
+    out = str(tmp_path / "out")
+    refs = [ImageRef(i, f"/{i}", n) for n, i in enumerate(["a", "b", "a", "c", "d", "e", "g", "e"], start=1)]
+    with plan.Plan(only_retry=True) as selection:
+        selection.load(_committed(out), labeling.KIND.tables, "transient")
+        picked = [r.image_id for r in selection.select(refs)]
+        counts = selection.counts()
+    assert picked == ["e"]  # f is not in this input
+    assert counts == {"input_rows": 8, "duplicates": 2, "distinct_images": 6, "already_done": 2, "retried": 1,
+                      "skipped_new": 3, "done_not_in_input": 2}

@@ -1,10 +1,14 @@
 """What every image job's command line shares: flags, checks, output preparation, the
 run itself, the run record, and the counts read back from the files.
 
-    args -> make_job (the job's own; UsageError -> exit 2, one line)
-         -> prepare_output (--resume / --overwrite)  -> run.json "running"
+    args (--retry-failures: the run's recorded settings) -> make_job (the job's own;
+         UsageError -> exit 2, one line)
+         -> prepare_output (--resume / --overwrite / --retry-failures)  -> run.json "running"
          -> the Beam pipeline (failure -> exit 1, run.json "failed")
-         -> counts from the files (+ Beam counters), reconcile extra copies
+         -> the input counted again here, apart from the pipeline (plan.Plan, on disk)
+         -> a retry's older failures rows dropped (retry.settle)
+         -> counts from the files against that count (and the Beam counters, where the
+            runner reports them), reconcile extra copies
          -> run.json "succeeded" | "inconsistent" (exit 1)
 
 pseudo_label.py and extract_features.py add their model flags, build their job and
@@ -15,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, replace
@@ -26,14 +32,22 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from pipelines.beam import sinks
+from pipelines.beam import plan, retry, sinks
 from pipelines.beam.handlers import HandlerOptions
-from pipelines.beam.imagejob import JobKind
+from pipelines.beam.imagejob import DEDUPE_MODES, LOCAL_RUNNERS, JobKind, dedupe_mode
 from pipelines.cli import EXIT_FAILED, EXIT_USAGE, SAMPLE_MANIFEST, UsageError  # noqa: F401  (the jobs' CLI API)
 from pipelines.data import images, sources, storage
-from schemas import FAILURES, count_rows, read_table
+from schemas import FAILURES, count_rows
+from schemas.io import iter_batches
 
-BEAM_COUNTERS = ("input_rows", "duplicates", "distinct_images", "already_done", "done_not_in_input")
+BEAM_COUNTERS = plan.COUNTS  # the selection stage's counters, checked against the launcher's own count
+FINISHED = ("succeeded", "inconsistent")  # statuses of a run that went through all its input
+# Flags a retry takes from its command line, not from the run it retries: where, and
+# which way to treat an existing output.
+PER_INVOCATION = ("output", "overwrite", "resume", "retry_failures")
+# Flags a retry may change: how the work runs, not what a row says.
+HOW_TO_RUN = ("device", "batch_size", "large_model", "model_copies", "read_retries", "cache_dir",
+              "rows_per_part", "compression", "dedupe", "trust_remote_code")
 
 
 # ---- flags --------------------------------------------------------------------------
@@ -54,6 +68,13 @@ def add_io_args(ap: argparse.ArgumentParser, verb: str = "label") -> None:
     io_.add_argument("--overwrite", action="store_true", help="replace a previous run in --output")
     io_.add_argument("--resume", action="store_true",
                      help="continue a previous run in --output: images it committed are skipped")
+    io_.add_argument("--retry-failures", nargs="?", const="transient", default=None, choices=retry.MODES,
+                     help="reprocess the run in --output's failures with its own settings: transient ones "
+                          "(server errors, timeouts, model errors; the default) or all; with --resume it also "
+                          "finishes an unfinished run")
+    io_.add_argument("--dedupe", default="auto", choices=DEDUPE_MODES,
+                     help="how the first row per image is picked: on disk (one machine: memory stays flat), by "
+                          "the runner's shuffle (Dataflow), or auto (disk on the DirectRunner, shuffle elsewhere)")
     io_.add_argument("--rows-per-part", type=int, default=1000,
                      help="rows per committed Parquet part file (also the most work a killed job loses)")
     io_.add_argument("--compression", default="zstd", choices=sinks.CODECS)
@@ -96,18 +117,68 @@ def common_job_fields(args: argparse.Namespace) -> dict:
     handler = HandlerOptions(batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir,
                              trust_remote_code=getattr(args, "trust_remote_code", False),
                              large_model=args.large_model, model_copies=args.model_copies)
+    retry_mode = getattr(args, "retry_failures", None)
     return dict(source=source, output=args.output.rstrip("/"), handler=handler, decode_size=args.decode_size,
                 max_pixels=args.max_pixels, read_retries=args.read_retries, rows_per_part=args.rows_per_part,
-                compression=args.compression)
+                compression=args.compression, dedupe=getattr(args, "dedupe", "auto"), retry=retry_mode,
+                only_retry=retry_mode is not None and not args.resume)
 
 
 # ---- the output directory -----------------------------------------------------------
 
-def prepare_output(output: str, kind: JobKind, *, overwrite: bool, resume: bool) -> tuple[tuple[str, ...], list]:
-    """Check --output against a previous run. Returns (committed parts to skip, run history)."""
+def read_record(output: str, why: str) -> dict:
+    """The run record in --output, for `why` ("resume", "retry"); UsageError if it is not one."""
+    path = storage.join(output, "run.json")
+    try:
+        record = json.loads(storage.read_text(path))
+    except FileNotFoundError as e:
+        raise UsageError(f"cannot {why}: --output {output} holds no run (no run.json)") from e
+    except ValueError as e:
+        raise UsageError(f"cannot {why}: {path} is not valid JSON ({e})") from e
+    if not isinstance(record, dict):
+        raise UsageError(f"cannot {why}: {path} is not a run record")
+    return record
+
+
+def retry_settings(args: argparse.Namespace, reparse: Callable[[dict], tuple], kind: JobKind) -> argparse.Namespace:
+    """--retry-failures: the flags of the run in --output, as its run.json recorded them.
+
+    `reparse(recorded)` parses the command line again over the recorded options, so only
+    the flags given now replace them. Those may change how the work runs (HOW_TO_RUN), not
+    what a row says: a retried image must be labeled as its neighbours were.
+    """
+    record = read_record(args.output, "retry")
+    if record.get("job") not in (None, kind.name):
+        raise UsageError(f"--output {args.output} holds a {record['job']} run, not {kind.name}")
+    options = record.get("options")
+    if not isinstance(options, dict):
+        raise UsageError(f"cannot retry: {args.output}/run.json records no options to rerun with")
+    recorded = {k: v for k, v in options.items() if k not in PER_INVOCATION}
+    again, _ = reparse(recorded)
+    for key, before in recorded.items():
+        now = getattr(again, key, before)
+        if key not in HOW_TO_RUN and now != before:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"--retry-failures reruns the run with its own settings: {flag} {now} differs from "
+                             f"its {before}; leave {flag} out")
+    return again
+
+
+def prepare_output(output: str, kind: JobKind, *, overwrite: bool, resume: bool,
+                   retry_mode: str | None = None) -> tuple[tuple[str, ...], list]:
+    """Check --output against a previous run. Returns (committed parts to skip, run history).
+
+    --retry-failures needs a previous run, one that finished unless --resume is given too
+    (a retry alone would leave the images the run never reached unaccounted for).
+    """
     if overwrite and resume:
         raise UsageError("--overwrite and --resume contradict each other: choose one")
+    if overwrite and retry_mode:
+        raise UsageError("--overwrite and --retry-failures contradict each other: --overwrite deletes the "
+                         "failures to retry")
     previous = [p for p in ("run.json", *kind.tables) if storage.exists(storage.join(output, p))]
+    if not previous and retry_mode:
+        raise UsageError(f"cannot retry: --output {output} holds no run")
     if not previous:
         return (), []
     last = None
@@ -115,10 +186,11 @@ def prepare_output(output: str, kind: JobKind, *, overwrite: bool, resume: bool)
         try:
             last = json.loads(storage.read_text(storage.join(output, "run.json")))
         except ValueError as e:
-            if resume:
-                raise UsageError(f"cannot resume: {output}/run.json is not valid JSON ({e})") from e
-        if resume and not isinstance(last, dict):
-            raise UsageError(f"cannot resume: {output}/run.json is not a run record")
+            if resume or retry_mode:
+                raise UsageError(f"cannot {'resume' if resume else 'retry'}: {output}/run.json is not valid JSON "
+                                 f"({e})") from e
+        if (resume or retry_mode) and not isinstance(last, dict):
+            raise UsageError(f"cannot {'resume' if resume else 'retry'}: {output}/run.json is not a run record")
         other = last.get("job") if isinstance(last, dict) else None
         if other not in (None, kind.name):
             raise UsageError(f"--output {output} holds a {other} run, not {kind.name}: choose another --output")
@@ -126,7 +198,12 @@ def prepare_output(output: str, kind: JobKind, *, overwrite: bool, resume: bool)
         for p in previous:
             storage.remove(storage.join(output, p))
         return (), []
-    if not resume:
+    if retry_mode:
+        status = last.get("status") if last is not None else None
+        if status not in FINISHED and not resume:
+            raise UsageError(f"--output {output} holds a run that did not finish (status {status}): add --resume "
+                             "to finish it and retry its failures")
+    elif not resume:
         raise UsageError(f"--output {output} already holds a run ({', '.join(previous)}); pass --resume "
                          "to continue it, --overwrite to replace it, or choose another --output")
     history = [*last.pop("history", []), last] if last is not None else []
@@ -136,13 +213,31 @@ def prepare_output(output: str, kind: JobKind, *, overwrite: bool, resume: bool)
     return parts, history
 
 
+def count_input(job, kind: JobKind, scratch: str | None = None) -> dict:
+    """The run's input counted on the launcher, apart from the pipeline and its counters.
+
+    The same selection rule as the job's (plan.Plan: rows, duplicates, distinct ids, what
+    earlier runs committed), so the files can be checked against it on any runner, one
+    that reports no metrics included. Streams the input once more; memory stays flat.
+    """
+    with plan.Plan(only_retry=job.only_retry, directory=scratch) as selection:
+        selection.load(job.done_parts, kind.tables, job.retry)
+        for _ in selection.select(sources.iter_refs(job.source)):
+            pass
+        return selection.counts()
+
+
 def count_outputs(output: str, kind: JobKind) -> dict:
     """Counts read back from the written files: what the run.json promises agrees with them."""
     done = count_rows(storage.join(output, kind.table), kind.schema)
-    failures = read_table(storage.join(output, "failures"), FAILURES, columns=["stage", "error_type"])
-    return {kind.done: done, "failed": failures.num_rows,
-            "failed_by_stage": dict(Counter(failures.column("stage").to_pylist())),
-            "failed_by_error_type": dict(Counter(failures.column("error_type").to_pylist()))}
+    stages: Counter = Counter()
+    errors: Counter = Counter()
+    failed = 0
+    for batch in iter_batches(storage.join(output, "failures"), FAILURES, columns=["stage", "error_type"]):
+        failed += batch.num_rows
+        stages.update(batch.column("stage").to_pylist())
+        errors.update(batch.column("error_type").to_pylist())
+    return {kind.done: done, "failed": failed, "failed_by_stage": dict(stages), "failed_by_error_type": dict(errors)}
 
 
 # ---- the run ------------------------------------------------------------------------
@@ -160,6 +255,7 @@ def versions() -> dict:
 
 
 def counter(result, namespace: str, name: str) -> int | None:
+    """One Beam counter's total (0 if never incremented), or None where the runner reports no metrics."""
     try:
         found = result.metrics().query(MetricsFilter().with_namespace(namespace).with_name(name))["counters"]
     except Exception:  # some runners cannot report metrics
@@ -167,6 +263,20 @@ def counter(result, namespace: str, name: str) -> int | None:
     if not found:
         return 0
     return sum((c.committed if c.committed is not None else c.attempted) or 0 for c in found)
+
+
+def beam_counters(result, namespace: str) -> dict[str, int] | None:
+    """The selection stage's Beam counters, or None where the runner reports no metrics."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+    except Exception:  # some runners cannot report metrics
+        return None
+    if not any(c.key.metric.name in BEAM_COUNTERS for c in found):  # no selection stage reported (or none ran)
+        return None
+    totals: Counter = Counter()
+    for c in found:
+        totals[c.key.metric.name] += (c.committed if c.committed is not None else c.attempted) or 0
+    return {name: totals[name] for name in BEAM_COUNTERS}
 
 
 def root_message(err: BaseException) -> str:
@@ -201,31 +311,75 @@ def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
             make_job: Callable[[argparse.Namespace], object],
             build: Callable[[beam.Pipeline, object], object],
             describe: Callable[[object], dict],
-            check_resume: Callable[[object, dict], None] | None = None) -> int:
+            check_resume: Callable[[object, dict], None] | None = None,
+            reparse: Callable[[dict], tuple] | None = None) -> int:
     """Run an image job from parsed flags; returns the exit code.
 
     make_job(args) -> the job (an ImageJob), raising UsageError for bad flags;
     build(pipeline, job) attaches it; describe(job) -> its models for run.json;
     check_resume(job, previous run record) raises UsageError if --resume would mix
-    incompatible outputs.
+    incompatible outputs; reparse(recorded options) -> (args, beam args), the command
+    line parsed over a run's recorded options (for --retry-failures; without it the
+    flag is refused).
     """
     prog = kind.name
     options = PipelineOptions(beam_args)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    scratch = tempfile.mkdtemp(prefix=f"{prog}-")  # the launcher's on-disk id sets, disk mode's spill files
     try:
-        job = make_job(args)
-        history: list = []
-        if not dry_run:  # a dry run writes nothing and must not touch the (remote) output
-            done_parts, history = prepare_output(job.output, kind, overwrite=args.overwrite, resume=args.resume)
-            if history and check_resume is not None:
-                check_resume(job, history[-1])
-            job = replace(job, done_parts=done_parts)
-    except UsageError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        try:
+            args = settings_for(args, kind, reparse, dry_run)
+            job = make_job(args)
+            mode = selection_mode(job.dedupe, runner)
+            history: list = []
+            if not dry_run:  # a dry run writes nothing and must not touch the (remote) output
+                done_parts, history = prepare_output(job.output, kind, overwrite=args.overwrite, resume=args.resume,
+                                                     retry_mode=job.retry)
+                if history and check_resume is not None:
+                    check_resume(job, history[-1])
+                job = replace(job, done_parts=done_parts)
+            job = replace(job, scratch_dir=scratch)
+        except UsageError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        return _run(kind, args, job, options, runner=runner, mode=mode, history=history, dry_run=dry_run,
+                    build=build, describe=describe)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
+
+def selection_mode(requested: str, runner: str) -> str:
+    """The --dedupe mode the job will run with on `runner` (imagejob.dedupe_mode); UsageError if unusable."""
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        runner_class = type(create_runner(runner)).__name__  # what the pipeline's runner will be: no I/O
+    except ValueError as e:
+        raise UsageError(f"--runner {runner}: {e}") from e
+    mode = dedupe_mode(requested, runner_class)
+    if mode == "disk" and runner_class not in LOCAL_RUNNERS:
+        raise UsageError(f"--dedupe disk needs a runner on this machine, not {runner}: its workers would not see "
+                         "the spill files; use --dedupe shuffle or auto")
+    return mode
+
+
+def settings_for(args: argparse.Namespace, kind: JobKind, reparse: Callable[[dict], tuple] | None,
+                 dry_run: bool) -> argparse.Namespace:
+    """The flags to run with: the command line's, or with --retry-failures the retried run's."""
+    if not getattr(args, "retry_failures", None) or dry_run:
+        return args
+    if reparse is None:
+        raise UsageError("--retry-failures is not supported by this command")
+    return retry_settings(args, reparse, kind)
+
+
+def _run(kind: JobKind, args: argparse.Namespace, job, options: PipelineOptions, *,
+         runner: str, mode: str, history: list, dry_run: bool, build, describe) -> int:
+    """run.json "running", the pipeline, then the counts checked and recorded; returns the exit code."""
+    prog = kind.name
     started = datetime.now(timezone.utc)
+    job = replace(job, run_id=started.isoformat())
     record = {
         "job": kind.name,
         "status": "running",
@@ -238,8 +392,9 @@ def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
         "pipeline_options": options.get_all_options(drop_default=True),
         "versions": versions(),
         "host": platform.node(),
+        "dedupe": mode,
         "resumed_from_parts": len(job.done_parts),
-        "history": history,  # earlier runs into the same --output (with --resume), oldest first
+        "history": history,  # earlier runs into the same --output (--resume, --retry-failures), oldest first
     }
     if not dry_run:
         sinks.write_run_record(job.output, record)
@@ -250,29 +405,60 @@ def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
     if code is not None:
         return code
 
-    metrics = {name: counter(result, kind.name, name) for name in BEAM_COUNTERS}
-    expected = (None if metrics["distinct_images"] is None
-                else metrics["distinct_images"] + (metrics["done_not_in_input"] or 0))
+    try:
+        counted = count_input(job, kind, job.scratch_dir)
+    except Exception as e:  # e.g. a remote manifest that went away after the job read it
+        return failed_after_run(record, job.output, prog, f"cannot count the input again: {root_message(e)}")
+    metrics = beam_counters(result, kind.name)
+    if job.retry is not None:
+        old_parts = {part for _, part in job.done_parts}
+        record["retry"] = retry.settle(job.output, kind.tables, old_parts, job.retry, codec=job.compression,
+                                       scratch=job.scratch_dir)
     counts = count_outputs(job.output, kind)
+    # Every distinct input image, and every image an earlier run committed that this
+    # input no longer lists, is one row: the expected total, known without Beam.
+    expected = counted["distinct_images"] + counted["done_not_in_input"]
     removed = 0
-    if expected is None or counts[kind.done] + counts["failed"] > expected:
+    if counts[kind.done] + counts["failed"] > expected:
         # More rows than images: a retried bundle committed some twice. Keep one of each.
-        removed = sinks.reconcile(job.output, kind.tables, codec=job.compression)
+        removed = sinks.reconcile(job.output, kind.tables, codec=job.compression, scratch=job.scratch_dir)
         counts = count_outputs(job.output, kind)
-    counts.update(metrics, extra_copies_removed=removed)
+    counts.update(counted, extra_copies_removed=removed)
     accounted = counts[kind.done] + counts["failed"]
-    consistent = expected is None or expected == accounted
+    disagree = {name: (metrics[name], counted[name]) for name in BEAM_COUNTERS
+                if metrics is not None and metrics[name] != counted[name]}
+    consistent = expected == accounted and not disagree
     record.update(status="succeeded" if consistent else "inconsistent",
                   finished_at=datetime.now(timezone.utc).isoformat(),
-                  wall_seconds=round(time.monotonic() - t0, 3), counts=counts)
+                  wall_seconds=round(time.monotonic() - t0, 3), counts=counts,
+                  beam_counters=metrics)  # null where the runner reports none
     sinks.write_run_record(job.output, record)
-    wall = max(time.monotonic() - t0, 1e-9)
-    new = accounted - (counts["already_done"] or 0) - (counts["done_not_in_input"] or 0)
+    report(prog, kind, job, counts, record.get("retry"), time.monotonic() - t0)
+    if expected != accounted:
+        print(f"{prog}: error: {expected} distinct images but {accounted} output rows", file=sys.stderr)
+    if disagree:
+        said = ", ".join(f"{name} {beam_n} (counted {n})" for name, (beam_n, n) in disagree.items())
+        print(f"{prog}: error: the job's Beam counters disagree with the input: {said}", file=sys.stderr)
+    return 0 if consistent else EXIT_FAILED
+
+
+def failed_after_run(record: dict, output: str, prog: str, reason: str) -> int:
+    record.update(status="failed", finished_at=datetime.now(timezone.utc).isoformat(), error=reason)
+    sinks.write_run_record(output, record)
+    print(f"{prog}: error: {reason}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def report(prog: str, kind: JobKind, job, counts: dict, retried: dict | None, wall: float) -> None:
+    """The job's last lines on stderr: what became of the images, how fast."""
+    wall = max(wall, 1e-9)
+    new = counts["distinct_images"] - counts["already_done"] - counts["skipped_new"]  # processed by this job
     resumed = f", {counts['already_done']} already done" if job.done_parts else ""
     print(f"{prog}: {counts['distinct_images']} images: {counts[kind.done]} {kind.done}, "
           f"{counts['failed']} failed{resumed}, {counts['duplicates']} duplicate rows skipped; "
           f"{wall:.1f}s ({new / wall:.2f} images/s) -> {job.output}", file=sys.stderr)
-    if not consistent:
-        print(f"{prog}: error: {expected} distinct images but {accounted} output rows", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    if retried is not None:
+        kinds = ", ".join(f"{n} {k}" for k, n in retried["left_alone_by_kind"].items())
+        print(f"{prog}: retried {retried['retried']} failures ({retried['mode']}): {retried['recovered']} "
+              f"recovered, {retried['failed_again']} failed again; {retried['left_alone']} left alone"
+              f"{f' ({kinds})' if kinds else ''}", file=sys.stderr)

@@ -4,8 +4,10 @@ Rows are written in part files of at most `rows_per_part` rows, each published w
 (on local disks: written under a temporary name, then renamed; object stores publish
 an object only once its upload completes), so a part is either all there or not at all. A
 killed job therefore leaves only complete parts behind, and `--resume` skips exactly
-the images they hold. Part names are a hash of the image ids inside, so a retried
-bundle that writes the same rows replaces its earlier part instead of duplicating it.
+the images they hold. Part names are a hash of the image ids inside and of the run
+(its start time), so a retried bundle that writes the same rows replaces its earlier
+part instead of duplicating it, while a later run (--retry-failures) that writes rows
+for the same ids never replaces a part it did not write.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import apache_beam as beam
 import fsspec
 import pyarrow.parquet as pq
 
+from pipelines.beam.idset import IdSet
 from pipelines.data import storage
 from schemas import VersionedSchema
 
@@ -34,13 +37,14 @@ class CommitParts(beam.DoFn):
     """
 
     def __init__(self, output: str, table: str, schema: VersionedSchema, *, rows_per_part: int = 1000,
-                 codec: str = "zstd", max_wait_s: float = 60.0):
+                 codec: str = "zstd", max_wait_s: float = 60.0, run_id: str = ""):
         if codec not in CODECS:
             raise ValueError(f"--compression must be one of {', '.join(CODECS)}, not {codec!r}")
         if rows_per_part < 1:
             raise ValueError(f"--rows-per-part must be >= 1, not {rows_per_part}")
         self.output, self.table, self.schema = output, table, schema
         self.rows_per_part, self.codec, self.max_wait_s = rows_per_part, codec, max_wait_s
+        self.run_id = run_id  # names this run's parts apart from every other run's
         self.parts = beam.metrics.Metrics.counter("sinks", f"{table}_parts")
 
     def start_bundle(self):
@@ -60,16 +64,19 @@ class CommitParts(beam.DoFn):
 
     def _commit(self) -> None:
         rows, self.buffer = self.buffer, []
-        commit_part(self.output, self.table, self.schema, rows, codec=self.codec)
+        commit_part(self.output, self.table, self.schema, rows, codec=self.codec, run_id=self.run_id)
         self.parts.inc()
 
 
-def part_name(rows: list[dict]) -> str:
+def part_name(rows: list[dict], run_id: str = "") -> str:
+    """part-<hash of the rows' image ids, and of `run_id` when given>.parquet."""
     ids = "\n".join(sorted(r["image_id"] for r in rows))
-    return f"part-{hashlib.sha256(ids.encode()).hexdigest()[:24]}.parquet"
+    key = f"{run_id}\n{ids}" if run_id else ids
+    return f"part-{hashlib.sha256(key.encode()).hexdigest()[:24]}.parquet"
 
 
-def commit_part(output: str, table: str, schema: VersionedSchema, rows: list[dict], *, codec: str = "zstd") -> str:
+def commit_part(output: str, table: str, schema: VersionedSchema, rows: list[dict], *, codec: str = "zstd",
+                run_id: str = "") -> str:
     """Publish `rows` as one whole part file. Returns its URL.
 
     Rows were validated where they were built (MakeRow, failure_row); Arrow still
@@ -78,7 +85,7 @@ def commit_part(output: str, table: str, schema: VersionedSchema, rows: list[dic
     import pyarrow as pa
 
     data = pa.Table.from_pylist(rows, schema=schema.arrow)
-    final = storage.join(output, f"{table}/{part_name(rows)}")
+    final = storage.join(output, f"{table}/{part_name(rows, run_id)}")
     with publish(final) as f:
         pq.write_table(data, f, compression=codec, row_group_size=len(rows))
     return final
@@ -139,7 +146,43 @@ def write_run_record(output: str, record: dict) -> str:
     return path
 
 
-def reconcile(output: str, schemas: dict[str, VersionedSchema], *, codec: str = "zstd") -> int:
+def part_ids(part: str, schema: VersionedSchema) -> list[str]:
+    """The image ids of one committed part, in row order (only that column is read)."""
+    from schemas.io import read_file
+
+    return read_file(part, schema, columns=["image_id"]).column("image_id").to_pylist()
+
+
+def part_rows(part: str, schema: VersionedSchema, columns: list[str]) -> list[dict]:
+    """`columns` of one committed part's rows, in row order: at most --rows-per-part rows."""
+    from schemas.io import read_file
+
+    return read_file(part, schema, columns=columns).to_pylist()
+
+
+def drop_rows(output: str, table: str, schema: VersionedSchema, part: str, indexes: list[int], *,
+              codec: str = "zstd") -> None:
+    """Rewrite a committed part without the rows at `indexes`.
+
+    The rest is published whole as a new part (named by its ids, like every part) before
+    the old part is removed: a job killed in between leaves those rows twice, never none,
+    and the next run's reconciliation drops the extra copies.
+    """
+    import pyarrow as pa
+
+    from schemas.io import read_file
+
+    data = read_file(part, schema)
+    keep = sorted(set(range(data.num_rows)) - set(indexes))
+    rows = data.take(pa.array(keep, type=pa.int64())).to_pylist()
+    if rows:
+        commit_part(output, table, schema, rows, codec=codec)
+    if not rows or part_name(rows) != part.rsplit("/", 1)[-1]:
+        storage.remove(part)
+
+
+def reconcile(output: str, schemas: dict[str, VersionedSchema], *, codec: str = "zstd",
+              scratch: str | None = None) -> int:
     """Remove extra copies of an image from committed parts; returns how many rows went.
 
     A runner that retries a bundle whose first attempt had already committed parts can
@@ -147,28 +190,16 @@ def reconcile(output: str, schemas: dict[str, VersionedSchema], *, codec: str = 
     differently). `schemas` maps table folders to schemas, the job's own table first and
     then failures: earlier tables win (labels or features over failures); among copies in
     one table, the part that sorts first wins. Affected parts are rewritten without the
-    extra rows. Reads only image_id columns.
+    extra rows. Reads only image_id columns; the ids seen so far are kept on disk (in
+    `scratch`), so memory does not grow with the output.
     """
-    import pyarrow as pa
-
-    from schemas.io import read_table
-
-    seen: set[str] = set()
     drops: dict[tuple[str, str], list[int]] = {}
-    for table in schemas:
-        for part in list_parts(output, table):
-            ids = read_table(part, schemas[table], columns=["image_id"]).column("image_id").to_pylist()
-            for index, image_id in enumerate(ids):
-                if image_id in seen:
-                    drops.setdefault((table, part), []).append(index)
-                else:
-                    seen.add(image_id)
+    with IdSet(scratch) as seen:
+        for table in schemas:
+            for part in list_parts(output, table):
+                for index, image_id in enumerate(part_ids(part, schemas[table])):
+                    if not seen.add(image_id):
+                        drops.setdefault((table, part), []).append(index)
     for (table, part), indexes in drops.items():
-        data = read_table(part, schemas[table])
-        keep = sorted(set(range(data.num_rows)) - set(indexes))
-        rows = data.take(pa.array(keep, type=pa.int64())).to_pylist()
-        if rows:
-            commit_part(output, table, schemas[table], rows, codec=codec)
-        if not rows or part_name(rows) != part.rsplit("/", 1)[-1]:
-            storage.remove(part)
+        drop_rows(output, table, schemas[table], part, indexes, codec=codec)
     return sum(len(v) for v in drops.values())
