@@ -21,6 +21,14 @@ setup(
         "apache-beam[gcp]>=2.77,<2.78",
         "transformers>=5.0,<6",
         "huggingface_hub>=1.0",
+        # What the supported teachers' tokenizers need beyond transformers itself: SigLIP's
+        # SiglipTokenizer reads a SentencePiece spiece.model and checks for protobuf, which
+        # transformers also uses to parse SentencePiece models (slow -> fast conversion) through
+        # sentencepiece's bundled sentencepiece_model_pb2. That module in sentencepiece 0.2.3 needs
+        # protobuf >= 7.36 at run time, which apache-beam (protobuf < 7) rules out: hence < 0.2.3.
+        "sentencepiece>=0.2,<0.2.3",
+        "protobuf>=4.25",
+        "tokenizers>=0.20",  # BERT WordPiece and CLIP byte-level BPE; the tiny replicas build theirs with it
         "safetensors>=0.4",
         "timm>=1.0,<1.1",
         "pyarrow>=15,<26",

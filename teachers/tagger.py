@@ -1,4 +1,9 @@
-"""The tagging teacher: zero-shot image-text scoring (SigLIP or CLIP) over a vocabulary."""
+"""The tagging teacher: zero-shot image-text scoring (SigLIP, SigLIP 2 or CLIP) over a vocabulary.
+
+Texts go in as each family was trained: SigLIP and SigLIP 2 on lowercase text padded
+to the text tower's full length (64 tokens for SigLIP 2, which pools the last position),
+with no attention mask; CLIP on texts padded to the batch's longest, with its mask.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -6,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from schemas.vocab import DEFAULT_VOCAB, load_vocab
-from teachers.common import pick_device, pick_dtype
+from teachers.common import check_teacher_dtype, dtype_name, pick_device, pick_dtype, use_sdpa
 from teachers.loading import TeacherRef, load_pretrained, model_config
 
 DEFAULT_TAGGER = "google/siglip-so400m-patch14-384"
@@ -78,31 +83,38 @@ def rerank_captions(captions: list[dict], similarities: list[float],
 
 class Tagger:
     def __init__(self, model, processor, vocab: list[tuple[str, str]], params: TagParams, device: str,
-                 text_batch_size: int = 256):
+                 text_batch_size: int = 256, attention: str | dict | None = None, dtype=None):
         self.model, self.processor, self.vocab, self.params, self.device = model, processor, vocab, params, device
+        self.dtype = dtype if dtype is not None else model.dtype  # as loaded (see Captioner)
         # SigLIP was trained with a sigmoid per pair (calibrated, independent tags);
         # CLIP with a softmax over texts, so its scores compete and sum to 1.
         self.sigmoid = hasattr(model, "logit_bias")
+        self.attention = attention if attention is not None else model.config._attn_implementation
         self.text_batch_size = text_batch_size
         self.text_embeds = self._embed_texts([params.prompt.format(name) for _, name in vocab], text_batch_size)
+
+    def text_inputs(self, texts: list[str]) -> dict:
+        """The text tower's inputs for `texts`, prepared as the family was trained."""
+        tok = self.processor.tokenizer
+        limit = self.model.config.text_config.max_position_embeddings
+        if not self.sigmoid:  # CLIP: padded to the longest, with its attention mask
+            enc = tok(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+            return {k: enc[k] for k in ("input_ids", "attention_mask")}
+        # SigLIP (2) was trained on lowercase text: SigLIP's own tokenizer lowercases, the
+        # Gemma tokenizer of SigLIP 2's fixed-resolution checkpoints does not. Its text
+        # tower reads the last position, so every text is padded to the full length (64
+        # for SigLIP 2, after its <eos>) and no attention mask is passed.
+        enc = tok([t.lower() for t in texts], padding="max_length", max_length=limit, truncation=True,
+                  return_tensors="pt")
+        return {"input_ids": enc["input_ids"]}
 
     def _embed_texts(self, texts: list[str], batch_size: int):
         import torch
 
-        tok = self.processor.tokenizer
-        text_cfg = self.model.config.text_config
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                batch = texts[start:start + batch_size]
-                if self.sigmoid:  # SigLIP: fixed-length padding, no attention mask, as trained
-                    enc = tok(batch, padding="max_length", max_length=text_cfg.max_position_embeddings,
-                              truncation=True, return_tensors="pt")
-                    enc = {"input_ids": enc["input_ids"]}
-                else:
-                    enc = tok(batch, padding=True, truncation=True,
-                              max_length=text_cfg.max_position_embeddings, return_tensors="pt")
-                    enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+                enc = self.text_inputs(texts[start:start + batch_size])
                 feats = self.model.get_text_features(**{k: v.to(self.device) for k, v in enc.items()}).pooler_output
                 chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1))
         return torch.cat(chunks)  # (V, D)
@@ -112,13 +124,19 @@ class Tagger:
         """How `similarities` scores an image-text pair (a key of MEASURES)."""
         return "siglip-sigmoid" if self.sigmoid else "clip-cosine"
 
+    def runtime(self) -> dict:
+        """What this tagger runs on (a method, so a --large-model proxy forwards it)."""
+        return {"device": self.device, "dtype": dtype_name(self.dtype), "attn_implementation": self.attention}
+
     def _embed_images(self, images: list[np.ndarray]):
         import torch
 
-        pixel_values = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        # pixel_values, and for SigLIP 2 NaFlex its patches' mask and grid shapes.
+        batch = self.processor.image_processor(images=list(images), return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in batch.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
-            feats = self.model.get_image_features(
-                pixel_values=pixel_values.to(self.device, self.model.dtype)).pooler_output
+            feats = self.model.get_image_features(**inputs).pooler_output
             return torch.nn.functional.normalize(feats.float(), dim=-1)  # (B, D)
 
     def _tags(self, img) -> list[list[dict]]:
@@ -186,12 +204,16 @@ def similarity_measure(spec: str, cache_dir: str | None = None) -> str:
 
 
 def load_tagger(spec: str, params: TagParams, *, vocab=None, device: str = "auto", cache_dir: str | None = None,
-                trust_remote_code: bool = False) -> Tagger:
-    """vocab: (label, name) pairs already parsed; read from `params.vocab` when None."""
+                trust_remote_code: bool = False, dtype: str = "auto") -> Tagger:
+    """vocab: (label, name) pairs already parsed; read from `params.vocab` when None.
+    dtype: auto | float32 | bfloat16 | float16 (teachers.common.pick_dtype)."""
     from transformers import AutoModel
 
+    ref = TeacherRef("tagger", spec)
     dev = pick_device(device)
+    torch_dtype = pick_dtype(dev, dtype)
+    check_teacher_dtype(ref, dev, dtype, cache_dir)
     vocab = [tuple(v) for v in vocab] if vocab is not None else load_vocab(params.vocab)
-    model, processor = load_pretrained(TeacherRef("tagger", spec), AutoModel, cache_dir=cache_dir,
-                                       trust_remote_code=trust_remote_code, device=dev, dtype=pick_dtype(dev))
-    return Tagger(model, processor, vocab, params, dev)
+    model, processor = load_pretrained(ref, AutoModel, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
+                                       device=dev, dtype=torch_dtype)
+    return Tagger(model, processor, vocab, params, dev, attention=use_sdpa(model), dtype=torch_dtype)
