@@ -18,7 +18,8 @@ TINY = ["--runner", "DirectRunner", "--captioner", "tiny", "--tagger", "tiny"]
 CAPTIONS = ["--num-captions", "3", "--num-beams", "3", "--max-new-tokens", "6"]
 CAPTION_PARAMS = teachers.CaptionParams(num_captions=3, num_beams=3, max_new_tokens=6)
 IMAGES = [gradient(64, 48), gradient(30, 90), np.full((40, 40, 3), 200, np.uint8)]
-MEASURE = {"siglip": "siglip-sigmoid", "clip": "clip-cosine"}
+MEASURE = {"siglip": "siglip-sigmoid", "siglip2": "siglip-sigmoid", "siglip2-naflex": "siglip-sigmoid",
+           "clip": "clip-cosine"}
 
 
 def _work(image_id, pixels):
@@ -34,7 +35,7 @@ def _captioned(images=IMAGES):
 
 def _reranker(family, min_similarity=None):
     rerank = teachers.RerankParams(measure=MEASURE[family], min_similarity=min_similarity)
-    handler = TeacherHandler("tag", f"tiny-{family}", teachers.TagParams(threshold=0.0, max_tags=3),
+    handler = TeacherHandler("tag", f"tiny:{family}", teachers.TagParams(threshold=0.0, max_tags=3),
                              HandlerOptions(device="cpu"), rerank=rerank)
     return handler, handler.load_model()
 
@@ -43,11 +44,13 @@ def _direct_similarities(tagger, image, texts):
     """The measure recomputed from the model's own embedding functions, not the Tagger's code."""
     model, processor = tagger.model, tagger.processor
     with torch.no_grad():
-        pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
-        img = model.get_image_features(pixel_values=pixels).pooler_output[0].double()
-        if tagger.sigmoid:  # SigLIP text: padded to full length, no attention mask, as trained
-            enc = processor.tokenizer(texts, padding="max_length", max_length=model.config.text_config.
-                                      max_position_embeddings, return_tensors="pt")
+        # pixel_values (+ SigLIP 2 NaFlex's pixel_attention_mask and spatial_shapes)
+        img = model.get_image_features(**processor.image_processor(images=[image], return_tensors="pt")
+                                       ).pooler_output[0].double()
+        if tagger.sigmoid:  # SigLIP (2) text: lowercase, padded to full length, no attention mask, as trained
+            enc = processor.tokenizer([t.lower() for t in texts], padding="max_length",
+                                      max_length=model.config.text_config.max_position_embeddings,
+                                      return_tensors="pt")
             txt = model.get_text_features(input_ids=enc["input_ids"]).pooler_output.double()
         else:
             enc = processor.tokenizer(texts, padding=True, return_tensors="pt")
@@ -59,7 +62,7 @@ def _direct_similarities(tagger, image, texts):
         return cos.tolist()
 
 
-@pytest.mark.parametrize("family", ["siglip", "clip"])
+@pytest.mark.parametrize("family", ["siglip", "siglip2", "siglip2-naflex", "clip"])
 def test_rerank_stores_the_models_similarity_best_first(family):
     captioned = _captioned()
     handler, tagger = _reranker(family)
@@ -75,6 +78,15 @@ def test_rerank_stores_the_models_similarity_best_first(family):
         np.testing.assert_allclose(sims, expected, rtol=0, atol=1e-5)
     # the plain tagging call is unchanged by the rerank path
     assert [t for t, _ in tagger(IMAGES, texts=[[] for _ in IMAGES])] == tagger(IMAGES)
+
+
+@pytest.mark.parametrize("family", ["siglip2", "siglip2-naflex"])
+def test_siglip2_scores_captions_as_lowercase_text(family):
+    """SigLIP 2 was trained on lowercase text: a caption's case does not change its score, though
+    the fixed-resolution repos' Gemma tokenizer keeps case (the tagger lowercases)."""
+    _, tagger = _reranker(family)
+    (cased, lower), = tagger.similarities(IMAGES[:1], [["A Photo of a CAT", "a photo of a cat"]])
+    assert cased == lower
 
 
 def test_min_similarity_drops_captions_and_fails_images_left_with_none():
@@ -100,6 +112,8 @@ def test_min_similarity_drops_captions_and_fails_images_left_with_none():
 def test_rerank_params_and_measures():
     assert teachers.similarity_measure("tiny") == "siglip-sigmoid"
     assert teachers.similarity_measure("tiny-clip") == "clip-cosine"
+    assert teachers.similarity_measure("tiny:siglip2") == teachers.similarity_measure("tiny:siglip2-naflex") \
+        == "siglip-sigmoid"  # SigLIP 2 (model_type siglip, or siglip2 for NaFlex) scores as SigLIP does
     teachers.RerankParams("clip-cosine", min_similarity=-0.5)  # cosine may be negative
     with pytest.raises(ValueError, match=r"within \[0, 1\]"):
         teachers.RerankParams("siglip-sigmoid", min_similarity=-0.5)
@@ -142,6 +156,23 @@ def test_cli_rerank_scores_every_caption_best_first(rerank_run):
         assert params["rerank"] == {"enabled": True, "measure": "siglip-sigmoid", "min_similarity": None}
     assert run["rerank"] == {"enabled": True, "measure": "siglip-sigmoid", "min_similarity": None}
     assert run["options"]["rerank"] is True and run["options"]["min_caption_similarity"] is None
+
+
+@pytest.mark.slow
+def test_cli_rerank_with_siglip2(tmp_path):
+    ids = _manifest_ids()[:3]
+    proc = run_cli("--runner", "DirectRunner", "--captioner", "tiny", "--tagger", "tiny:siglip2", *CAPTIONS,
+                   "--rerank", "--limit", "3", "--output", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labels, failures, run = _outputs(tmp_path / "out")
+    _accounted(labels, failures, run, ids)
+    assert len(labels) == 3 and not failures
+    for row in labels:
+        sims = [c["similarity"] for c in row["captions"]]
+        assert row["tagger"] == "tiny-random/siglip2"
+        assert sims == sorted(sims, reverse=True) and all(0.0 <= s <= 1.0 for s in sims)
+        assert json.loads(row["teacher_params"])["rerank"]["measure"] == "siglip-sigmoid"
+    assert run["rerank"] == {"enabled": True, "measure": "siglip-sigmoid", "min_similarity": None}
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ class Work:
     tags: list | None = None
     failure: tuple[str, str, str] | None = None  # (stage, error_type, message)
     regions: Any = None  # models.tee.Regions from the TEE (feature extraction job)
+    runtime: dict | None = None  # per teacher stage, what it ran on: {device, dtype, attn_implementation}
 
     @property
     def image_id(self) -> str:
@@ -122,22 +123,24 @@ class TeacherHandler(ImageModelHandler):
     "rerank" rather than vanish.
     """
 
-    def __init__(self, stage: str, spec: str, params, options: HandlerOptions, vocab=None, rerank=None):
+    def __init__(self, stage: str, spec: str, params, options: HandlerOptions, vocab=None, rerank=None,
+                 dtype: str = "auto"):
         if stage not in ("caption", "tag"):
             raise ValueError(f"stage must be 'caption' or 'tag', not {stage!r}")
         if rerank is not None and stage != "tag":
             raise ValueError("captions are reranked by the tagger's handler, not the captioner's")
         super().__init__(options)
-        self.stage, self.spec, self.params = stage, spec, params
+        self.stage, self.spec, self.params, self.dtype = stage, spec, params, dtype
         self.vocab = vocab  # tagger only: (label, name) pairs parsed on the launcher, if local
         self.rerank = rerank  # teachers.RerankParams | None
         self.field = "captions" if stage == "caption" else "tags"
+        self._runtime: tuple[int, dict | None] | None = None  # (id of the model, its runtime())
 
     def load_model(self):
         from teachers import load_captioner, load_tagger
 
         o = self.options
-        common = dict(device=o.device, cache_dir=o.cache_dir, trust_remote_code=o.trust_remote_code)
+        common = dict(device=o.device, cache_dir=o.cache_dir, trust_remote_code=o.trust_remote_code, dtype=self.dtype)
         if self.stage == "caption":
             return load_captioner(self.spec, self.params, **common)
         tagger = load_tagger(self.spec, self.params, vocab=self.vocab, **common)
@@ -146,6 +149,28 @@ class TeacherHandler(ImageModelHandler):
             raise RuntimeError(f"the tagger {self.spec} scores captions by {tagger.measure} on this worker, "
                                f"by {self.rerank.measure} when the job started: it changed; rerun the job")
         return tagger
+
+    def run_inference(self, batch: Sequence[Work], model,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[Work]:
+        """As ImageModelHandler's, and each image this teacher labeled records what it ran on."""
+        fresh = [w.failure is None for w in batch]
+        out = list(super().run_inference(batch, model, inference_args))
+        labeled = [i for i, (w, new) in enumerate(zip(out, fresh)) if new and w.failure is None]
+        runtime = self._runtime_of(model) if labeled else None
+        if runtime is None:
+            return out
+        for i in labeled:
+            out[i] = replace(out[i], runtime={**(out[i].runtime or {}), self.stage: runtime})
+        return out
+
+    def _runtime_of(self, model) -> dict | None:
+        """model.runtime() (device, dtype, attention), asked once per loaded model: through a
+        --large-model proxy it is a call to another process. None for a model that does not
+        report it (a wrapper around a teacher)."""
+        if self._runtime is None or self._runtime[0] != id(model):
+            report = getattr(model, "runtime", None)
+            self._runtime = (id(model), report() if callable(report) else None)
+        return self._runtime[1]
 
     def predict(self, model, works: Sequence[Work]) -> list:
         if self.rerank is None:

@@ -93,7 +93,9 @@ def add_inference_args(ap: argparse.ArgumentParser, models: str = "teachers") ->
                     help=f"decode images at about this shorter side (JPEG draft mode); the {models} resize further")
     ru.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
                     help="reject images with more pixels than this, before decoding")
-    ru.add_argument("--read-retries", type=int, default=3, help="retries for transient read errors")
+    ru.add_argument("--read-retries", type=int, default=3,
+                    help="retries for transient read errors over HTTP(S) and local files "
+                         "(gs:// and s3:// retry in gcsfs/s3fs)")
 
 
 def common_job_fields(args: argparse.Namespace) -> dict:

@@ -3,10 +3,10 @@
 Kept apart from the command line (pseudo_label.py) so that every class a worker
 unpickles lives in an importable module, never in `__main__`.
 
-Flow: input -> ImageRefs -> first new row per image_id (GroupByKey with the ids that
-earlier runs committed, for --resume) -> read + decode -> RunInference(captioner) ->
-RunInference(tagger; with --rerank it also scores the captions) -> labels row or
-failures row -> committed Parquet parts.
+Flow: input -> ImageRefs -> first new row per image_id (less the ids earlier runs
+committed, plus the failures to retry; on disk or by a shuffle, see imagejob.py) ->
+read + decode -> RunInference(captioner) -> RunInference(tagger; with --rerank it also
+scores the captions) -> labels row or failures row -> committed Parquet parts.
 Everything but the teachers and the labels row is shared with the feature extraction
 job (pipelines/beam/imagejob.py).
 
@@ -40,6 +40,9 @@ from schemas import LABELS, labels_row
 from teachers.tagger import RerankParams
 
 KIND = JobKind(name="pseudo_label", table="labels", schema=LABELS, done="labeled")
+# Teachers run with PyTorch's scaled-dot-product attention where their model class
+# supports it, else eager (teachers.common.use_sdpa).
+REQUESTED_ATTENTION = "sdpa"
 NAMESPACE = KIND.name  # Beam metrics namespace of the job's counters
 TABLES = KIND.tables  # the job's output tables, by folder name
 
@@ -51,6 +54,11 @@ class Teacher:
     reference: str  # as the user gave it
     provenance: str  # model id + revision, a path, or tiny-random/<family>
     params: object  # CaptionParams | TagParams
+    dtype: str = "auto"  # --dtype: what each worker resolves it to is in the rows (runtime)
+
+    def requested(self) -> dict:
+        """How the teacher was asked to run; each row's `runtime` says how it did."""
+        return {"dtype": self.dtype, "attn_implementation": REQUESTED_ATTENTION}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +72,7 @@ class LabelJob(ImageJob):
         out = {}
         for t in (self.captioner, self.tagger):
             if t is not None:
-                out[t.stage] = {"model": t.provenance, **t.params.to_dict()}
+                out[t.stage] = {"model": t.provenance, **t.params.to_dict(), "requested": t.requested()}
         if self.tagger is not None and self.vocab is not None:
             out["tag"]["vocab_size"] = len(self.vocab)
             out["tag"]["vocab_sha256"] = hashlib.sha256(json.dumps(self.vocab).encode()).hexdigest()
@@ -84,6 +92,14 @@ class MakeRow(beam.DoFn):
     def process(self, work: Work):
         yield self._row(work)
 
+    def _params(self, work: Work) -> dict:
+        """The job's teacher_params with, per teacher, what it ran on for this image (device,
+        dtype, attention): workers of one job may differ (a GPU fleet's bf16 and fp16 cards)."""
+        if not work.runtime:
+            return self.params
+        return {stage: ({**p, "runtime": work.runtime[stage]} if stage in work.runtime else p)
+                for stage, p in self.params.items()}
+
     def _row(self, work: Work):
         ref = work.ref
         if work.failure is not None:
@@ -97,7 +113,7 @@ class MakeRow(beam.DoFn):
                 image_id=ref.image_id, source_uri=ref.uri, sha256=work.sha256, width=work.width,
                 height=work.height, license=ref.license, author=ref.author, original_url=ref.original_url,
                 captions=work.captions or [], tags=work.tags or [], captioner=self.captioner, tagger=self.tagger,
-                teacher_params=self.params))
+                teacher_params=self._params(work)))
         except (ValueError, KeyError, TypeError) as e:
             return _failed(ref, "label", type(e).__name__, str(e))
 
@@ -111,7 +127,8 @@ def build(p: beam.Pipeline, job: LabelJob):
             continue
         tagger = teacher.stage == "tag"
         handler = TeacherHandler(teacher.stage, teacher.spec, teacher.params, job.handler,
-                                 vocab=job.vocab if tagger else None, rerank=job.rerank if tagger else None)
+                                 vocab=job.vocab if tagger else None, rerank=job.rerank if tagger else None,
+                                 dtype=teacher.dtype)
         name = teacher.stage.title()
         work, dlq = work | name >> RunInference(handler).with_exception_handling()
         lost.append(dlq.failed_inferences
