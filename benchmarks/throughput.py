@@ -70,7 +70,7 @@ def build_captioner(out_dir: str, size: str = "mid", max_new_tokens: int = 20) -
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
     from transformers.utils import logging as hf_logging
 
-    from teachers.registry import bert_tokenizer
+    from teachers.replicas.common import bert_tokenizer
 
     hf_logging.disable_progress_bar()
 
@@ -78,7 +78,7 @@ def build_captioner(out_dir: str, size: str = "mid", max_new_tokens: int = 20) -
     tok = bert_tokenizer(bos_token="[DEC]")
     tower = dict(hidden_size=c["hidden"], intermediate_size=c["intermediate"], num_hidden_layers=c["layers"],
                  num_attention_heads=c["heads"])
-    # As the tiny BLIP (teachers/registry.py): decodes from [DEC], stops at [SEP].
+    # As the tiny BLIP (teachers/replicas/blip.py): decodes from [DEC], stops at [SEP].
     text = dict(tower, vocab_size=len(tok), max_position_embeddings=max(64, 2 * max_new_tokens),
                 bos_token_id=tok.bos_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
                 sep_token_id=tok.sep_token_id)

@@ -336,6 +336,21 @@ def build_student(init: str, tee: TEE, *, seed: int = 0, **overrides) -> tuple[M
         return _build_student(init, tee, **overrides)
 
 
+def _pretrained_bert(source: str, init: str):
+    """A BERT-architecture checkpoint's encoder. Repos with only pickled weights (the default
+    microsoft/MiniLM-L12-H384-uncased has pytorch_model.bin alone) are read by transformers with
+    torch.load(weights_only=True): tensors only, so a planted object is refused, never run."""
+    import pickle
+
+    from transformers import BertModel
+
+    try:
+        return BertModel.from_pretrained(source, add_pooling_layer=False)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"--init {init}: its pickled weights hold objects beyond tensors; refused without "
+                         "running them (use a checkpoint saved as safetensors)") from e
+
+
 def _build_student(init: str, tee: TEE, **overrides) -> tuple[MiniVLM, object]:
     """A fresh student around `tee`, its fusion from `init`. Returns (model, tokenizer).
 
@@ -345,7 +360,6 @@ def _build_student(init: str, tee: TEE, **overrides) -> tuple[MiniVLM, object]:
     A checkpoint's architecture wins over the defaults; weights it lacks (e.g. the
     masked-token head) start fresh. Random fusions use the real BERT uncased tokenizer.
     """
-    from transformers import BertModel
 
     shape = tiny_name(init)
     source = bundled_bert_dir() if shape else init
@@ -355,7 +369,7 @@ def _build_student(init: str, tee: TEE, **overrides) -> tuple[MiniVLM, object]:
     base = dict(region_feature_dim=tee.config.feature_dim, init=init, extractor_id=tee.extractor_id())
     if shape:
         return MiniVLM(MiniVLMConfig(**{**base, **ids, **_STUDENTS[shape], **overrides}), tee), tokenizer
-    pretrained = BertModel.from_pretrained(source, add_pooling_layer=False)
+    pretrained = _pretrained_bert(source, init)
     c = pretrained.config
     arch = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
                 num_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,

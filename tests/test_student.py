@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -329,3 +330,63 @@ def test_torchrun_two_processes_train_and_checkpoint(corpus, tmp_path):
     assert [r["step"] for r in _metrics(out) if r["split"] == "train"] == [1, 2, 3]
     assert (out / "checkpoints" / "step-00000003" / "state.pt").exists()
     assert MiniVLM.from_pretrained(str(out / "model")).tee is not None
+
+
+# ---- the default --init, as a user with a hub cache has it ----------------------------------
+
+MINILM = "microsoft/MiniLM-L12-H384-uncased"
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _minilm_cache(tmp_path, state=None):
+    """A replica of the default --init repo in a hub cache, its files as the real repo has them:
+    config.json, vocab.txt, a '{}' tokenizer_config.json and only pickled weights (pytorch_model.bin)."""
+    from transformers import BertConfig, BertModel
+
+    from tests import hub_cache
+
+    files = tmp_path / "minilm"
+    files.mkdir()
+    # The real repo's shape (vocab 30522, hidden 384, 12 heads, FFN 1536, 512 positions), 2 layers, not 12.
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=2, num_attention_heads=12,
+                        intermediate_size=1536, max_position_embeddings=512)
+    torch.manual_seed(0)
+    torch.save(state if state is not None else BertModel(config).state_dict(), files / "pytorch_model.bin")
+    config.to_json_file(files / "config.json")
+    (files / "vocab.txt").write_bytes((Path(bundled_bert_dir()) / "vocab.txt").read_bytes())
+    (files / "tokenizer_config.json").write_text("{}")
+    home = tmp_path / "hf"
+    hub_cache.add_repo(home / "hub", MINILM, str(files))
+    return hub_cache.env(home)
+
+
+def _train_default_init(corpus, out, env):
+    cmd = [sys.executable, "-m", "pipelines.train_student", "--corpus", str(corpus), "--tee", "tiny",
+           "--output", str(out), "--max-steps", "2", "--num-workers", "0", "--no-progress"]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+
+
+@pytest.mark.slow
+def test_the_default_init_loads_offline_from_a_hub_cache_without_unpickling_code(corpus, tmp_path):
+    proc = _train_default_init(corpus, tmp_path / "run", _minilm_cache(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    student = MiniVLM.from_pretrained(str(tmp_path / "run" / "model"))
+    c = student.config
+    assert (c.init, c.num_layers, c.hidden_size, c.vocab_size) == (MINILM, 2, 384, 30522)
+
+
+@pytest.mark.slow
+def test_a_pickle_payload_in_the_default_init_is_refused_unrun(corpus, tmp_path):
+    marker = tmp_path / "pwned"
+    env = _minilm_cache(tmp_path, state={"embeddings.word_embeddings.weight": _Payload(marker)})
+    proc = _train_default_init(corpus, tmp_path / "run", env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert not marker.exists()  # transformers reads .bin weights with torch.load(weights_only=True)
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("train_student: error:"), proc.stderr
