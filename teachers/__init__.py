@@ -1,5 +1,6 @@
 """Teacher models: registry of tiny variants, one loader, the captioner and the tagger."""
 from schemas.vocab import DEFAULT_VOCAB, load_vocab, read_vocab
+from teachers import replicas  # noqa: F401  (registers every tiny family)
 from teachers.captioner import (
     DEFAULT_CAPTIONER,
     Captioner,
@@ -9,7 +10,6 @@ from teachers.captioner import (
     load_captioner,
 )
 from teachers.loading import TeacherRef, TeacherUnavailable, default_cache_dir, describe, resolve
-from teachers import replicas  # noqa: F401  (registers every tiny family)
 from teachers.registry import register_tiny, tiny_families
 from teachers.tagger import (
     DEFAULT_TAGGER,

@@ -1,3 +1,2 @@
 """Replica builders, one module per family; importing this package registers them all."""
-from teachers.replicas import blip, clip, git, siglip  # noqa: F401
-from teachers.replicas import blip2, florence2, siglip2, smolvlm  # noqa: F401
+from teachers.replicas import blip, blip2, clip, florence2, git, siglip, siglip2, smolvlm  # noqa: F401  # noqa: F401

@@ -13,8 +13,7 @@ region markers, <loc_0>..<loc_999>: ids 50265..51288) and the port's <image> tok
 from __future__ import annotations
 
 from teachers.registry import register_tiny
-from teachers.replicas.blip2 import byte_level_bpe, reload_with, save_repo_layout
-from teachers.replicas.common import seeded
+from teachers.replicas.common import byte_level_bpe, reload_with, save_repo_layout, seeded
 
 REPO = "florence-community/Florence-2-base"
 BART_SPECIALS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 50264}
@@ -66,8 +65,13 @@ def _bart(tok) -> dict:
 
 @register_tiny("captioner", "florence2", repo=REPO)
 def _tiny_florence2(out_dir: str) -> None:
-    from transformers import (CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration,
-                              Florence2Processor, GenerationConfig)
+    from transformers import (
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        GenerationConfig,
+    )
 
     tok = florence_tokenizer()
     config = Florence2Config(vision_config=_vision(), text_config=_bart(tok), image_token_id=IMAGE_TOKEN_ID)

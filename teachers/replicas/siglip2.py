@@ -22,8 +22,7 @@ from __future__ import annotations
 import string
 
 from teachers.registry import register_tiny
-from teachers.replicas.blip2 import assign_ids, bpe_pieces, save_repo_layout
-from teachers.replicas.common import seeded
+from teachers.replicas.common import assign_ids, bpe_pieces, save_repo_layout, seeded
 
 REPO = "google/siglip2-so400m-patch14-384"
 NAFLEX_REPO = "google/siglip2-base-patch16-naflex"

@@ -14,8 +14,7 @@ answer ends). A prompt reads "<|im_start|>User:<image>Describe this image.<end_o
 from __future__ import annotations
 
 from teachers.registry import register_tiny
-from teachers.replicas.blip2 import byte_level_bpe, reload_with, save_repo_layout
-from teachers.replicas.common import seeded
+from teachers.replicas.common import byte_level_bpe, reload_with, save_repo_layout, seeded
 
 REPO = "HuggingFaceTB/SmolVLM-256M-Instruct"
 SMOLLM2_SPECIALS = [
@@ -64,8 +63,13 @@ def _text(tok) -> dict:
 
 @register_tiny("captioner", "smolvlm", repo=REPO)
 def _tiny_smolvlm(out_dir: str) -> None:
-    from transformers import (GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration,
-                              Idefics3ImageProcessor, Idefics3Processor)
+    from transformers import (
+        GenerationConfig,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
 
     tok = smolvlm_tokenizer()
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=TILE,
