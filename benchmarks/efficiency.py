@@ -41,9 +41,9 @@ class BaselineVision(nn.Module):
     def __init__(self, num_classes: int = 1600, proposals: int = 300, regions: int = REGIONS):
         super().__init__()
         from torchvision.models import resnet101
+        from torchvision.models.detection._utils import BoxCoder
         from torchvision.models.detection.anchor_utils import AnchorGenerator
         from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-        from torchvision.models.detection._utils import BoxCoder
         from torchvision.ops import RoIAlign
 
         r = resnet101(zero_init_residual=True)  # random but with sane activations: boxes stay finite

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from models.tee import TEE, build_tee
     from pipelines.data import sources
     from pipelines.data.annotations import read_classes
-    from pipelines.train.detection_data import DetectionData
     from pipelines.eval.tee import evaluate_tee
+    from pipelines.train.detection_data import DetectionData
     from pipelines.train_tee import run as train
 
     work = args.work or tempfile.mkdtemp(prefix="tee_learning_")

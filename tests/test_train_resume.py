@@ -34,7 +34,6 @@ from pipelines.train_tee import run as train_tee
 from schemas import CORPUS
 from tests.test_student import _row
 
-
 # ---- the stream alone ------------------------------------------------------------------
 
 class Flaky(ResumableStream):

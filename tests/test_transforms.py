@@ -6,8 +6,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import teachers
-from pipelines.beam import labeling
 from pipelines import pseudo_label as pl
+from pipelines.beam import labeling
 from pipelines.beam.handlers import HandlerOptions, TeacherHandler, Work
 from pipelines.data.sources import ImageRef, SourceSpec
 from tests import imagegen
