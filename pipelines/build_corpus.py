@@ -4,10 +4,14 @@
 
 Writes CORPUS/shards/train-*-of-*.parquet, CORPUS/val/val-*-of-*.parquet (schemas.CORPUS)
 and CORPUS/run.json (options, counts, extractor and teacher ids seen, versions, times).
-The pipeline is pipelines.beam.corpus.build; every flag this parser does not know is a Beam
-pipeline option, so the same command runs on the DirectRunner and on Dataflow.
+The flags are pipelines.beam.flags.corpus_parser's; the pipeline is pipelines.beam.corpus.build;
+every other flag must be a Beam pipeline option (checked), so the same command runs on the
+DirectRunner and on Dataflow. The join is one-shot: --resume is refused (rerun with --overwrite).
 Exit codes: 0 done, 1 the job failed or its files disagree with its counters, 2 usage
-(bad flags, missing inputs, a table of a schema version this release cannot read).
+(bad flags, missing or wrong-kind inputs, a table of a schema version this release cannot
+read), reported before anything is written.
+
+Beam is imported inside run(), so that `--help` and a mistyped flag answer at once.
 """
 from __future__ import annotations
 
@@ -18,50 +22,54 @@ import platform
 import sys
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+from pipelines.beam import flags
+from pipelines.cli import EXIT_FAILED, EXIT_USAGE, UsageError, usage_error  # noqa: F401  (this CLI's API)
 
-from pipelines.beam import corpus, sinks
-from pipelines.beam.jobrun import counter, execute, versions
-from pipelines.cli import EXIT_FAILED, EXIT_USAGE, UsageError
-from pipelines.data import storage
-from schemas import SchemaVersionError
-from schemas.io import file_schema, parquet_files
+if TYPE_CHECKING:
+    from pipelines.beam.corpus import CorpusJob
 
-PROG = corpus.NAMESPACE
-OUTPUT_ENTRIES = ("run.json", *corpus.SPLIT_DIRS.values())
+PROG = "build_corpus"  # = corpus.NAMESPACE, the prefix of every line it prints
+OUTPUT_ENTRIES = ("run.json", "shards", "val")  # = ("run.json", *corpus.SPLIT_DIRS.values())
+SIDES = {"labels": "pseudo_label", "features": "extract_features"}  # input flag -> the job that writes it
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """App flags (dashes) are ours; everything else is a Beam pipeline option."""
-    ap = argparse.ArgumentParser(
-        prog="python -m pipelines.build_corpus",
-        description="Join labels and region features by image_id into shuffled Parquet training shards "
-                    "and a held-out validation split (Apache Beam).",
-        epilog="Unknown flags are Beam pipeline options, e.g. --runner DataflowRunner --project P "
-               "--region R --temp_location gs://B/tmp --setup_file ./setup.py.",
-    )
-    ap.add_argument("--labels", required=True,
-                    help="the labeling job's labels table: a folder of Parquet files, a glob, or one file "
-                         "(local, gs://, s3://), e.g. LABELED/labels")
-    ap.add_argument("--features", required=True,
-                    help="the feature extraction job's features table, e.g. EXTRACTED/features")
-    ap.add_argument("--output", required=True, help="corpus directory (local, gs://, s3://)")
-    ap.add_argument("--shard-rows", type=int, default=10000,
-                    help="rows per shard on average (shards of a split: ceil(rows / this); sizes vary a little)")
-    ap.add_argument("--val-fraction", type=float, default=0.01,
-                    help="fraction of images held out as the validation split, chosen by a hash of image_id")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the split and the shuffle")
-    ap.add_argument("--compression", default="zstd", choices=sinks.CODECS)
-    ap.add_argument("--overwrite", action="store_true", help="replace a previous corpus in --output")
-    return ap.parse_known_args(argv)
+    """(our flags, Beam pipeline flags); UsageError for anything else, and for --resume."""
+    args, beam_args = flags.corpus_parser().parse_with_beam(argv)
+    if args.resume:
+        raise UsageError("--resume: the join is one-shot (every shard holds rows of every input), there is no run "
+                         "to continue; rerun it with --overwrite")
+    return args, beam_args
+
+
+def wrong_kind(path: str, side: str) -> str | None:
+    """The line refusing --labels/--features `path` when it is another of the project's kinds
+    (a labeling run given as --features, a corpus, a TEE ...), else None."""
+    from pipelines.data.kinds import RUNS, TABLES, what_is
+
+    kind = what_is(path)
+    own_run, _ = RUNS[SIDES[side]]
+    if kind is None or kind in (own_run, TABLES[side]):
+        return None  # its own run folder gets the "did you mean" hint of check_input
+    runs = {description for description, _ in RUNS.values()}
+    wanted = own_run if kind in runs else TABLES[side]
+    return f"--{side} {path} is {kind}, not {wanted}"
 
 
 def check_input(path: str, side: str) -> tuple[str, ...]:
     """The Parquet files of an input table, each footer checked (name, version, columns)."""
+    from pipelines.beam import corpus
+    from pipelines.data import storage
+    from schemas import SchemaVersionError
+    from schemas.io import file_schema, parquet_files
+
     schema, columns = corpus.INPUTS[side]
     flag = f"--{side}"
+    wrong = wrong_kind(path, side)
+    if wrong is not None:
+        raise UsageError(wrong)
     try:
         files = parquet_files(path)
     except Exception as e:  # unreadable bucket, bad URL
@@ -87,8 +95,10 @@ def check_input(path: str, side: str) -> tuple[str, ...]:
     return tuple(files)
 
 
-def make_job(args: argparse.Namespace) -> corpus.CorpusJob:
+def make_job(args: argparse.Namespace) -> CorpusJob:
     """Validate flags and inputs into a CorpusJob; raises UsageError with one clear line."""
+    from pipelines.beam import corpus
+
     if args.shard_rows < 1:
         raise UsageError(f"--shard-rows must be >= 1, not {args.shard_rows}")
     if not 0.0 <= args.val_fraction < 1.0:
@@ -101,6 +111,8 @@ def make_job(args: argparse.Namespace) -> corpus.CorpusJob:
 
 def prepare_output(output: str, *, overwrite: bool) -> None:
     """Refuse an --output that holds a run, unless --overwrite (and never another job's run)."""
+    from pipelines.data import storage
+
     previous = [p for p in OUTPUT_ENTRIES if storage.exists(storage.join(output, p))]
     if not previous:
         return
@@ -119,7 +131,16 @@ def prepare_output(output: str, *, overwrite: bool) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args, beam_args = parse_args(argv)
+    try:
+        args, beam_args = parse_args(argv)
+    except UsageError as e:  # before anything heavy is imported, before --output is looked at
+        return usage_error(PROG, e)
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+
+    from pipelines.beam import corpus, sinks
+    from pipelines.beam.jobrun import execute, versions
+
     options = PipelineOptions(beam_args)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
@@ -128,8 +149,7 @@ def run(argv: list[str] | None = None) -> int:
         if not dry_run:  # a dry run writes nothing and must not touch the (remote) output
             prepare_output(job.output, overwrite=args.overwrite)
     except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(PROG, e)
 
     record = {
         "job": PROG,
@@ -152,6 +172,13 @@ def run(argv: list[str] | None = None) -> int:
     result, code = execute(p, prog=PROG, output=job.output, record=record, dry_run=dry_run, runner=runner)
     if code is not None:
         return code
+    return settle(job, result, record, t0)
+
+
+def settle(job: CorpusJob, result, record: dict, t0: float) -> int:
+    """After the pipeline: the counts (Beam's, checked against the files), run.json, the report."""
+    from pipelines.beam import corpus, sinks
+    from pipelines.beam.jobrun import counter
 
     c = {name: counter(result, PROG, name) for name in corpus.COUNTERS}
     known = all(v is not None for v in c.values())
@@ -167,14 +194,7 @@ def run(argv: list[str] | None = None) -> int:
                       joined=counts["train_in_files"] + counts["val_in_files"])
     else:
         counts["malformed_rows"] = c["malformed_labels"] + c["malformed_features"] + c["malformed_pairs"]
-        pairs = c["joined"] + c["hash_mismatches"] + c["malformed_pairs"]
-        if c["image_ids"] != pairs + c["labels_without_features"] + c["features_without_labels"]:
-            problems.append(f"{c['image_ids']} image ids but {pairs} pairs + {c['labels_without_features']} "
-                            f"labels only + {c['features_without_labels']} features only")
-        used = (c["malformed_labels"] + c["malformed_features"] + c["duplicate_ids"] + 2 * pairs
-                + c["labels_without_features"] + c["features_without_labels"])
-        if c["labels_rows"] + c["features_rows"] != used:
-            problems.append(f"{c['labels_rows']} + {c['features_rows']} input rows, {used} accounted for")
+        problems += disagreements(c)
     consistent = not problems
     record.update(status="succeeded" if consistent else "inconsistent",
                   finished_at=datetime.now(timezone.utc).isoformat(),
@@ -182,24 +202,41 @@ def run(argv: list[str] | None = None) -> int:
                   extractors=found["extractors"], captioners=found["captioners"], taggers=found["taggers"],
                   **({"problems": problems} if problems else {}))
     sinks.write_run_record(job.output, record)
-    if not counts["joined"]:
-        print(f"{PROG}: warning: no image has both labels and features: are --labels and --features "
-              "runs over the same images?", file=sys.stderr)
-    if len(found["extractors"]) > 1:
-        print(f"{PROG}: warning: the corpus mixes {len(found['extractors'])} extractors "
-              f"({', '.join(sorted(found['extractors']))}): train on one", file=sys.stderr)
-    wall = time.monotonic() - t0
-    n = counts
-    print(f"{PROG}: {n['joined']} joined ({n['train']} train in {n['shards_train']} shards, {n['val']} val in "
-          f"{n['shards_val']}); {n['labels_without_features']} labels without features, "
-          f"{n['features_without_labels']} features without labels, {n['hash_mismatches']} hash mismatches, "
-          f"{n['duplicate_ids']} duplicate rows, {n.get('malformed_rows')} malformed; "
-          f"{wall:.1f}s -> {job.output}", file=sys.stderr)
+    report(job, counts, found["extractors"], time.monotonic() - t0)
     if not consistent:
         print(f"{PROG}: error: the written shards disagree with the job's counts: {'; '.join(problems)}",
               file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def disagreements(c: dict) -> list[str]:
+    """Beam's counters against each other: every image id and every input row accounted for once."""
+    problems = []
+    pairs = c["joined"] + c["hash_mismatches"] + c["malformed_pairs"]
+    if c["image_ids"] != pairs + c["labels_without_features"] + c["features_without_labels"]:
+        problems.append(f"{c['image_ids']} image ids but {pairs} pairs + {c['labels_without_features']} "
+                        f"labels only + {c['features_without_labels']} features only")
+    used = (c["malformed_labels"] + c["malformed_features"] + c["duplicate_ids"] + 2 * pairs
+            + c["labels_without_features"] + c["features_without_labels"])
+    if c["labels_rows"] + c["features_rows"] != used:
+        problems.append(f"{c['labels_rows']} + {c['features_rows']} input rows, {used} accounted for")
+    return problems
+
+
+def report(job: CorpusJob, n: dict, extractors: dict, wall: float) -> None:
+    """The job's last lines on stderr: warnings, then what became of the rows."""
+    if not n["joined"]:
+        print(f"{PROG}: warning: no image has both labels and features: are --labels and --features "
+              "runs over the same images?", file=sys.stderr)
+    if len(extractors) > 1:
+        print(f"{PROG}: warning: the corpus mixes {len(extractors)} extractors "
+              f"({', '.join(sorted(extractors))}): train on one", file=sys.stderr)
+    print(f"{PROG}: {n['joined']} joined ({n['train']} train in {n['shards_train']} shards, {n['val']} val in "
+          f"{n['shards_val']}); {n['labels_without_features']} labels without features, "
+          f"{n['features_without_labels']} features without labels, {n['hash_mismatches']} hash mismatches, "
+          f"{n['duplicate_ids']} duplicate rows, {n.get('malformed_rows')} malformed; "
+          f"{wall:.1f}s -> {job.output}", file=sys.stderr)
 
 
 def main() -> None:

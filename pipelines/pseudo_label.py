@@ -2,77 +2,39 @@
 
     python -m pipelines.pseudo_label --runner DirectRunner --captioner tiny --tagger tiny --output OUT
 
-App flags (with dashes) are parsed here; every other flag is a Beam pipeline option,
-so the same command runs on the DirectRunner and on Dataflow. The pipeline itself is
-built by pipelines.beam.labeling.build; what every image job's launcher does (output
-preparation, run.json, counts) is pipelines.beam.jobrun.
+The flags are pipelines.beam.flags.labeling_parser's; every other flag must be a Beam
+pipeline option (checked, so a typo is an error, not a silently dropped flag), so the same
+command runs on the DirectRunner and on Dataflow. The pipeline itself is built by
+pipelines.beam.labeling.build; what every image job's launcher does (output preparation,
+run.json, counts) is pipelines.beam.jobrun.
+
+Beam, torch and transformers are imported inside the functions that use them, so that
+`--help` and a mistyped flag answer at once.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from pipelines.beam import jobrun
-from pipelines.beam.labeling import KIND, LabelJob, Teacher, build
-from pipelines.cli import EXIT_USAGE, UsageError  # noqa: F401  (part of this CLI's API)
-from pipelines.data import storage
+from pipelines.beam import flags
+from pipelines.cli import EXIT_USAGE, UsageError, check_device, usage_error  # noqa: F401  (part of this CLI's API)
+
+if TYPE_CHECKING:
+    from pipelines.beam.labeling import LabelJob, Teacher
+
+PROG = "pseudo_label"  # = labeling.KIND.name, the prefix of every line it prints
 
 
 def parse_args(argv: list[str] | None, recorded: dict | None = None) -> tuple[argparse.Namespace, list[str]]:
-    """App flags (dashes) are ours; everything else is a Beam pipeline option.
+    """(our flags, Beam pipeline flags); UsageError for anything else.
 
     `recorded`: options to start from instead of the defaults (a run's, for
     --retry-failures): only the flags on the command line replace them.
     """
-    from teachers import DEFAULT_CAPTIONER, DEFAULT_TAGGER, DEFAULT_VOCAB
-    from teachers.common import DTYPES
-
-    ap = argparse.ArgumentParser(
-        prog="python -m pipelines.pseudo_label",
-        description="Label images with teacher captioner and tagger models into Parquet (Apache Beam).",
-        epilog="Unknown flags are Beam pipeline options, e.g. --runner DataflowRunner --project P "
-               "--region R --temp_location gs://B/tmp --setup_file ./setup.py.",
-    )
-    jobrun.add_io_args(ap, verb="label")
-
-    te = ap.add_argument_group("teachers")
-    te.add_argument("--captioner", default=DEFAULT_CAPTIONER,
-                    help="hub id[@revision], local dir, gs:// or s3:// dir, 'tiny' / 'tiny:git', or 'none'")
-    te.add_argument("--tagger", default=DEFAULT_TAGGER,
-                    help="hub id[@revision], local dir, gs:// or s3:// dir, 'tiny' / 'tiny:clip', or 'none'")
-    te.add_argument("--num-captions", type=int, default=3)
-    te.add_argument("--num-beams", type=int, default=5)
-    te.add_argument("--max-new-tokens", type=int, default=30)
-    te.add_argument("--caption-prompt", "--prompt", dest="caption_prompt", default=None,
-                    help="the captioner's prompt: text a captioner continues (BLIP, BLIP-2, GIT; not part of the "
-                         "caption), a Florence-2 task token (default <CAPTION>; <DETAILED_CAPTION>, "
-                         "<MORE_DETAILED_CAPTION>), or the instruction a chat VLM (SmolVLM, Qwen2-VL) needs, e.g. "
-                         "'Describe this image in one sentence.'")
-    te.add_argument("--tag-vocab", default=DEFAULT_VOCAB,
-                    help="LabelName,DisplayName CSV (Open Images class descriptions format)")
-    te.add_argument("--tag-threshold", type=float, default=0.1)
-    te.add_argument("--max-tags", type=int, default=10)
-    te.add_argument("--tag-prompt", default="a photo of a {}.")
-    te.add_argument("--rerank", action="store_true",
-                    help="score every caption against its image with the tagger's image-text model, store it as "
-                         "the caption's similarity and put the best first (SigLIP: its calibrated sigmoid "
-                         "probability in [0, 1]; CLIP: the cosine similarity in [-1, 1]). Needs both teachers")
-    te.add_argument("--min-caption-similarity", type=float, default=None, metavar="X",
-                    help="implies --rerank: drop captions whose similarity is below X; an image left with no "
-                         "caption is not labeled but written to failures/ (stage 'rerank', error_type "
-                         "'LowCaptionSimilarity', the message names its best similarity and X)")
-    te.add_argument("--dtype", default="auto", choices=DTYPES,
-                    help="the teachers' precision. auto: bfloat16 on GPUs that run it natively (A100, L4, H100), "
-                         "float16 on older GPUs (T4, V100), float32 on CPUs. bfloat16/float16 on a CPU only for the "
-                         "families verified there. Attention is PyTorch's SDPA where the model supports it, else "
-                         "eager; rows record what ran (teacher_params.<stage>.runtime)")
-    te.add_argument("--trust-remote-code", action="store_true",
-                    help="allow model code from the hub (off by default: it runs arbitrary code)")
-    te.add_argument("--cache-dir", default=None, help="teacher cache (default $MINIVLM_CACHE or ~/.cache/minivlm)")
-
-    jobrun.add_inference_args(ap, models="teachers")
-    args, beam_args = ap.parse_known_args(argv, namespace=argparse.Namespace(**(recorded or {})))
+    args, beam_args = flags.labeling_parser(recorded).parse_with_beam(argv)
+    check_device(args.device, local=False)  # its spelling now; this machine's devices once the runner is known
     if args.min_caption_similarity is not None:
         args.rerank = True  # run.json's options then say what ran
     return args, beam_args
@@ -81,6 +43,7 @@ def parse_args(argv: list[str] | None, recorded: dict | None = None) -> tuple[ar
 def _teacher(stage: str, spec: str, params, args: argparse.Namespace) -> Teacher | None:
     """The teacher `spec` for `stage`, checked on this machine before any work: its
     reference, its family's prompt (captioner) and --dtype on the device it will get."""
+    from pipelines.beam.labeling import Teacher
     from teachers import TeacherRef, caption_params_for, check_remote_code, describe
     from teachers.common import check_teacher_dtype
 
@@ -111,6 +74,9 @@ def _launch_device(device: str) -> str:
 
 def make_job(args: argparse.Namespace) -> LabelJob:
     """Validate flags and inputs into a LabelJob; raises UsageError with one clear line."""
+    from pipelines.beam import jobrun
+    from pipelines.beam.labeling import LabelJob
+    from pipelines.data import storage
     from teachers import CaptionParams, TagParams, TeacherUnavailable, load_vocab
 
     common = jobrun.common_job_fields(args)
@@ -153,25 +119,54 @@ def _rerank(args: argparse.Namespace, captioner: Teacher | None, tagger: Teacher
 def describe(job: LabelJob) -> dict:
     """The teachers (and caption reranking), for run.json. What each worker ran them on
     (device, dtype, attention) depends on its hardware: every row records it."""
-    return {"teachers": {
+    vocab_sha256 = job.teacher_params().get("tag", {}).get("vocab_sha256")  # None: a remote vocabulary
+    teachers = {
         kind: (None if t is None else {"reference": t.reference, "model": t.provenance, "params": t.params.to_dict(),
                                        "requested": t.requested()})
         for kind, t in (("captioner", job.captioner), ("tagger", job.tagger))
-    }, "rerank": job.rerank.to_dict() if job.rerank is not None else {"enabled": False}}
+    }
+    if teachers["tagger"] is not None and vocab_sha256 is not None:
+        teachers["tagger"]["vocab_sha256"] = vocab_sha256  # the content, whatever the path: --resume compares it
+    return {"teachers": teachers, "rerank": job.rerank.to_dict() if job.rerank is not None else {"enabled": False}}
+
+
+def models_of(record: dict) -> dict:
+    """What made a run's rows, as --resume compares it (a run record or describe()'s dict):
+    each teacher as it resolved (a hub id pinned to its commit; `tiny` and `tiny:blip` alike)
+    and the tag vocabulary's content. The flags themselves are compared by jobrun."""
+    teachers = record.get("teachers")
+    if not isinstance(teachers, dict):
+        return {}  # a record of another release: nothing to compare
+    found = {f"the {kind}": (teachers.get(kind) or {}).get("model", "none") for kind in ("captioner", "tagger")}
+    tagger = teachers.get("tagger") or {}
+    if "vocab" in tagger.get("params", {}):  # the file as given; the bundled one by name, not by its path here
+        found["the tag vocabulary"] = tagger["params"]["vocab"]
+    if "vocab_sha256" in tagger:  # its content: not recorded by older runs, nor for a remote file
+        found["the tag vocabulary's sha256"] = tagger["vocab_sha256"]
+    return found
 
 
 def count_outputs(output: str) -> dict:
     """Counts read back from the written labels and failures."""
+    from pipelines.beam import jobrun
+    from pipelines.beam.labeling import KIND
+
     return jobrun.count_outputs(output, KIND)
 
 
 def run(argv: list[str] | None = None) -> int:
-    args, beam_args = parse_args(argv)
+    try:
+        args, beam_args = parse_args(argv)
+    except UsageError as e:  # before anything heavy is imported, before --output is looked at
+        return usage_error(PROG, e)
     if args.trust_remote_code:
-        print("pseudo_label: warning: --trust-remote-code lets model repositories run their own Python code "
+        print(f"{PROG}: warning: --trust-remote-code lets model repositories run their own Python code "
               "on every worker; use it only for models you trust", file=sys.stderr)
+    from pipelines.beam import jobrun
+    from pipelines.beam.labeling import KIND, build
+
     return jobrun.run_job(KIND, args, beam_args, make_job=make_job, build=build, describe=describe,
-                          reparse=lambda recorded: parse_args(argv, recorded))
+                          models_of=models_of, reparse=lambda recorded: parse_args(argv, recorded))
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ not allow, or a missing Python package (`check_loadable`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -194,13 +195,29 @@ def _check_weights(ref: TeacherRef, files: list[str]) -> None:
                              f"{_offline_hint(ref.kind)}")
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' own warnings off while the launcher only checks a teacher (e.g. a real
+    SigLIP config's bos/eos ids outside its vocabulary): a refusal must stay one line, and the
+    workers that load the model still show them."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def _check_packages(ref: TeacherRef, path: str) -> None:
     from transformers import AutoConfig, AutoProcessor
 
     try:
-        config = AutoConfig.from_pretrained(path)
-        model_class = _auto_class(ref.kind)._model_mapping[type(config)]  # imports the model's code and its packages
-        AutoProcessor.from_pretrained(path)  # tokenizer + image processor: small files, no weights
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(path)
+            model_class = _auto_class(ref.kind)._model_mapping[type(config)]  # imports the model's code, packages
+            AutoProcessor.from_pretrained(path)  # tokenizer + image processor: small files, no weights
     except ImportError as e:
         raise TeacherUnavailable(_missing_package_message(ref, e)) from e
     except (OSError, ValueError) as e:

@@ -249,7 +249,7 @@ def test_a_features_table_of_an_unknown_version_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case,flags,match", [
-    ("swapped", [], "expected a 'features' table"),
+    ("swapped", [], "--features {tmp}/in/labels is a labels table, not a features table"),
     ("missing", [], "no Parquet files there (did you mean --labels"),
     ("fine", ["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     ("fine", ["--val-fraction", "-0.1"], "--val-fraction must be in [0, 1)"),
@@ -264,7 +264,7 @@ def test_bad_inputs_and_flags_exit_2_with_one_line(tmp_path, capsys, case, flags
         assert build(tmp_path, *flags, labels="in") == 2
     else:
         assert build(tmp_path, *flags) == 2
-    assert match in _one_line(capsys)
+    assert match.format(tmp=tmp_path) in _one_line(capsys)
     assert not (tmp_path / "corpus").exists()
 
 

@@ -16,8 +16,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from models.tee import Regions
 from pipelines import extract_features as fx
 from pipelines.beam import extraction, jobrun
-from pipelines.data import images, sources
 from pipelines.beam.handlers import HandlerOptions, TEEHandler, Work
+from pipelines.data import images, sources
 from pipelines.data.sources import ImageRef
 from schemas import FAILURES, FEATURES, read_table, region_features
 from tests import imagegen
@@ -197,9 +197,9 @@ def test_bad_flags_exit_2_with_one_line_before_any_work(tmp_path, capsys, flags,
 
 
 def test_tee_is_required(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        fx.parse_args(["--output", str(tmp_path)])
-    assert e.value.code == 2 and "--tee" in capsys.readouterr().err
+    assert fx.run(["--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == "extract_features: error: the following arguments are required: --tee"
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_directory_that_is_not_a_saved_tee_is_refused(tmp_path, capsys):
@@ -223,7 +223,8 @@ def test_resume_with_a_different_tee_is_refused(tmp_path, capsys):
     record = {"job": "extract_features", "status": "running", "tee": {"extractor_id": "tee-d0-0123456789abcdef"}}
     (tmp_path / "out" / "run.json").write_text(json.dumps(record))
     assert fx.run(["--tee", "tiny", "--output", str(tmp_path / "out"), "--resume"]) == 2
-    assert "holds features of tee-d0-0123456789abcdef" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot resume: the TEE is tee-" in err and "but tee-d0-0123456789abcdef in the run" in err
     assert json.loads((tmp_path / "out" / "run.json").read_text()) == record  # untouched
 
 

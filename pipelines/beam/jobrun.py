@@ -1,9 +1,11 @@
-"""What every image job's command line shares: flags, checks, output preparation, the
-run itself, the run record, and the counts read back from the files.
+"""What every image job's launcher shares: checks, output preparation, the run itself, the
+run record, and the counts read back from the files. (The flags: pipelines/beam/flags.py.)
 
-    args (--retry-failures: the run's recorded settings) -> make_job (the job's own;
-         UsageError -> exit 2, one line)
-         -> prepare_output (--resume / --overwrite / --retry-failures)  -> run.json "running"
+    args (--retry-failures: the run's recorded settings) -> --device on a local runner's
+         machine -> make_job (the job's own) -> prepare_output (--resume / --overwrite /
+         --retry-failures; a resume must continue the same run: check_same_run)
+         (any UsageError so far: exit 2, one line, nothing written)
+         -> run.json "running"
          -> the Beam pipeline (failure -> exit 1, run.json "failed")
          -> the input counted again here, apart from the pipeline (plan.Plan, on disk)
          -> a retry's older failures rows dropped (retry.settle)
@@ -11,8 +13,8 @@ run itself, the run record, and the counts read back from the files.
             runner reports them), reconcile extra copies
          -> run.json "succeeded" | "inconsistent" (exit 1)
 
-pseudo_label.py and extract_features.py add their model flags, build their job and
-describe their models for run.json; everything else happens here once.
+pseudo_label.py and extract_features.py build their job, describe their models for
+run.json and say what identifies them on --resume; everything else happens here once.
 """
 from __future__ import annotations
 
@@ -33,75 +35,22 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipelines.beam import plan, retry, sinks
+from pipelines.beam.flags import HOW_TO_RUN, PER_INVOCATION, RESUME_MAY_CHANGE
 from pipelines.beam.handlers import HandlerOptions
-from pipelines.beam.imagejob import DEDUPE_MODES, LOCAL_RUNNERS, JobKind, dedupe_mode
-from pipelines.cli import EXIT_FAILED, EXIT_USAGE, SAMPLE_MANIFEST, UsageError  # noqa: F401  (the jobs' CLI API)
-from pipelines.data import images, sources, storage
+from pipelines.beam.imagejob import LOCAL_RUNNERS, JobKind, dedupe_mode
+from pipelines.cli import EXIT_FAILED, EXIT_USAGE, UsageError, check_device
+from pipelines.data import sources, storage
 from schemas import FAILURES, count_rows
 from schemas.io import iter_batches
 
 BEAM_COUNTERS = plan.COUNTS  # the selection stage's counters, checked against the launcher's own count
 FINISHED = ("succeeded", "inconsistent")  # statuses of a run that went through all its input
-# Flags a retry takes from its command line, not from the run it retries: where, and
-# which way to treat an existing output.
-PER_INVOCATION = ("output", "overwrite", "resume", "retry_failures")
-# Flags a retry may change: how the work runs, not what a row says.
-HOW_TO_RUN = ("device", "batch_size", "large_model", "model_copies", "read_retries", "cache_dir",
-              "rows_per_part", "compression", "dedupe", "trust_remote_code")
 
 
-# ---- flags --------------------------------------------------------------------------
-
-def add_io_args(ap: argparse.ArgumentParser, verb: str = "label") -> None:
-    """--input ... --compression: where images come from and where rows go."""
-    io_ = ap.add_argument_group("input and output")
-    io_.add_argument("--input", default=SAMPLE_MANIFEST,
-                     help="Open Images image CSV, a CSV/Parquet table with image_id,uri, or a glob/directory "
-                          "of images (local, gs://, s3://, http(s)://). Default: the bundled sample.")
-    io_.add_argument("--input-format", default="auto", choices=sources.KINDS)
-    io_.add_argument("--image-root", default=None,
-                     help="where Open Images CSV images live (default: the 'images' folder beside the CSV)")
-    io_.add_argument("--image-path-template", default=sources.DEFAULT_TEMPLATE,
-                     help="image path under --image-root from manifest columns; public bucket: {Subset}/{ImageID}.jpg")
-    io_.add_argument("--limit", type=int, default=None, help=f"{verb} at most N input rows")
-    io_.add_argument("--output", required=True, help="output directory (local, gs://, s3://)")
-    io_.add_argument("--overwrite", action="store_true", help="replace a previous run in --output")
-    io_.add_argument("--resume", action="store_true",
-                     help="continue a previous run in --output: images it committed are skipped")
-    io_.add_argument("--retry-failures", nargs="?", const="transient", default=None, choices=retry.MODES,
-                     help="reprocess the run in --output's failures with its own settings: transient ones "
-                          "(server errors, timeouts, model errors; the default) or all; with --resume it also "
-                          "finishes an unfinished run")
-    io_.add_argument("--dedupe", default="auto", choices=DEDUPE_MODES,
-                     help="how the first row per image is picked: on disk (one machine: memory stays flat), by "
-                          "the runner's shuffle (Dataflow), or auto (disk on the DirectRunner, shuffle elsewhere)")
-    io_.add_argument("--rows-per-part", type=int, default=1000,
-                     help="rows per committed Parquet part file (also the most work a killed job loses)")
-    io_.add_argument("--compression", default="zstd", choices=sinks.CODECS)
-
-
-def add_inference_args(ap: argparse.ArgumentParser, models: str = "teachers") -> None:
-    """--device ... --read-retries: how models run and how images are read and decoded."""
-    ru = ap.add_argument_group("inference")
-    ru.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ru.add_argument("--batch-size", type=int, default=8, help="images per forward pass (RunInference max_batch_size)")
-    ru.add_argument("--large-model", action="store_true",
-                    help=f"share one copy of the {models} per worker machine across its processes (GPU workers)")
-    ru.add_argument("--model-copies", type=int, default=None,
-                    help="with --large-model: copies per machine, e.g. one per GPU")
-    ru.add_argument("--decode-size", type=int, default=512,
-                    help=f"decode images at about this shorter side (JPEG draft mode); the {models} resize further")
-    ru.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
-                    help="reject images with more pixels than this, before decoding")
-    ru.add_argument("--read-retries", type=int, default=3,
-                    help="retries for transient read errors over HTTP(S) and local files "
-                         "(gs:// and s3:// retry in gcsfs/s3fs)")
-
+# ---- flags (defined in pipelines/beam/flags.py) --------------------------------------
 
 def common_job_fields(args: argparse.Namespace) -> dict:
     """Check the shared flags; returns the ImageJob fields they give. Raises UsageError."""
-    from teachers.common import DEVICES
-
     try:
         source = sources.SourceSpec(input=args.input, kind=args.input_format, image_root=args.image_root,
                                     path_template=args.image_path_template, limit=args.limit)
@@ -114,8 +63,7 @@ def common_job_fields(args: argparse.Namespace) -> dict:
                              ("--rows-per-part", args.rows_per_part, 1)):
         if value < low:
             raise UsageError(f"{flag} must be >= {low}, not {value}")
-    if args.device not in DEVICES and not args.device.startswith("cuda:"):
-        raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, not {args.device!r}")
+    check_device(args.device, local=False)  # its spelling; run_job checks a local runner's machine has it
     handler = HandlerOptions(batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir,
                              trust_remote_code=getattr(args, "trust_remote_code", False),
                              large_model=args.large_model, model_copies=args.model_copies)
@@ -157,21 +105,59 @@ def retry_settings(args: argparse.Namespace, reparse: Callable[[dict], tuple], k
         raise UsageError(f"cannot retry: {args.output}/run.json records no options to rerun with")
     recorded = {k: v for k, v in options.items() if k not in PER_INVOCATION}
     again, _ = reparse(recorded)
-    for key, before in recorded.items():
-        now = getattr(again, key, before)
-        if key not in HOW_TO_RUN and now != before:
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"--retry-failures reruns the run with its own settings: {flag} {now} differs from "
-                             f"its {before}; leave {flag} out")
+    changed = changed_setting(recorded, vars(again), may_change=HOW_TO_RUN)
+    if changed is not None:
+        key, now, before = changed
+        flag = as_flag(key)
+        raise UsageError(f"--retry-failures reruns the run with its own settings: {flag} {now} differs from "
+                         f"its {before}; leave {flag} out")
     return again
 
 
+def changed_setting(before: dict, now: dict, may_change=()) -> tuple[str, object, object] | None:
+    """The first setting of `before` (a run's) that `now` gives another value: (key, now, before), or
+    None. Keys in `may_change`, and keys one side does not know (a flag of another release), are
+    not compared. The one comparison behind --retry-failures and --resume: a rerun into a run's
+    output must make rows the way the run did."""
+    for key, old in before.items():
+        if key in may_change or key not in now:
+            continue
+        if now[key] != old:
+            return key, now[key], old
+    return None
+
+
+def as_flag(key: str) -> str:
+    """An options key as its flag (num_beams -> --num-beams); other keys (model names) as they are."""
+    return "--" + key.replace("_", "-") if key.isidentifier() and key == key.lower() else key
+
+
+def check_same_run(output: str, previous: dict, args: argparse.Namespace, models: dict,
+                   models_of: Callable[[dict], dict] | None) -> None:
+    """--resume continues the run in `output`: refuse (UsageError) a setting that would make its
+    rows another way: a flag (less how the work runs and which images it reads), or a model that
+    resolves to another one (a hub id now at another commit, another TEE). `models` is this job's
+    describe(); `models_of` picks from a run record what identifies its models."""
+    changed = changed_setting(previous.get("options") or {}, vars(args), may_change=RESUME_MAY_CHANGE)
+    if changed is None and models_of is not None:
+        changed = changed_setting(models_of(previous), models_of(models))
+    if changed is not None:
+        key, now, before = changed
+        verb = "resume" if args.resume else "retry"
+        raise UsageError(f"cannot {verb}: {as_flag(key)} is {now} here but {before} in the run in {output}; "
+                         f"{verb} with the run's settings (its run.json options), or use another --output")
+
+
 def prepare_output(output: str, kind: JobKind, *, overwrite: bool, resume: bool,
-                   retry_mode: str | None = None) -> tuple[tuple[str, ...], list]:
+                   retry_mode: str | None = None,
+                   same_run: Callable[[dict], None] | None = None) -> tuple[tuple[str, ...], list]:
     """Check --output against a previous run. Returns (committed parts to skip, run history).
 
     --retry-failures needs a previous run, one that finished unless --resume is given too
     (a retry alone would leave the images the run never reached unaccounted for).
+    --resume on an output with no run starts a new one, with a note. `same_run(previous
+    record)` raises UsageError when a resume or retry would not continue that run; it is
+    called before anything in `output` is changed.
     """
     if overwrite and resume:
         raise UsageError("--overwrite and --resume contradict each other: choose one")
@@ -182,6 +168,8 @@ def prepare_output(output: str, kind: JobKind, *, overwrite: bool, resume: bool,
     if not previous and retry_mode:
         raise UsageError(f"cannot retry: --output {output} holds no run")
     if not previous:
+        if resume:  # one meaning for every command: nothing there yet is a run at its start
+            print(f"{kind.name}: note: nothing to resume in {output}: starting a new run", file=sys.stderr)
         return (), []
     last = None
     if "run.json" in previous:
@@ -208,6 +196,8 @@ def prepare_output(output: str, kind: JobKind, *, overwrite: bool, resume: bool,
     elif not resume:
         raise UsageError(f"--output {output} already holds a run ({', '.join(previous)}); pass --resume "
                          "to continue it, --overwrite to replace it, or choose another --output")
+    if isinstance(last, dict) and same_run is not None:
+        same_run(last)
     history = [*last.pop("history", []), last] if last is not None else []
     for table in kind.tables:
         sinks.remove_in_progress(output, table)
@@ -313,16 +303,17 @@ def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
             make_job: Callable[[argparse.Namespace], object],
             build: Callable[[beam.Pipeline, object], object],
             describe: Callable[[object], dict],
-            check_resume: Callable[[object, dict], None] | None = None,
+            models_of: Callable[[dict], dict] | None = None,
             reparse: Callable[[dict], tuple] | None = None) -> int:
     """Run an image job from parsed flags; returns the exit code.
 
     make_job(args) -> the job (an ImageJob), raising UsageError for bad flags;
     build(pipeline, job) attaches it; describe(job) -> its models for run.json;
-    check_resume(job, previous run record) raises UsageError if --resume would mix
-    incompatible outputs; reparse(recorded options) -> (args, beam args), the command
-    line parsed over a run's recorded options (for --retry-failures; without it the
-    flag is refused).
+    models_of(a run record, or describe()'s dict) -> what identifies the models that made its
+    rows ({"the TEE": extractor id}), compared on --resume (check_same_run); reparse(recorded
+    options) -> (args, beam args), the command line parsed over a run's recorded options (for
+    --retry-failures; without it the flag is refused). Every usage error is found before
+    anything in --output is written.
     """
     prog = kind.name
     options = PipelineOptions(beam_args)
@@ -332,14 +323,18 @@ def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
     try:
         try:
             args = settings_for(args, kind, reparse, dry_run)
+            # A local runner's workers are this machine: its devices are checked now, before the
+            # models load (Dataflow's workers bring their own GPUs).
+            check_device(args.device, local=runs_here(runner))
             job = make_job(args)
             mode = selection_mode(job.dedupe, runner)
             history: list = []
             if not dry_run:  # a dry run writes nothing and must not touch the (remote) output
+                def same_run(previous: dict) -> None:
+                    check_same_run(job.output, previous, args, describe(job), models_of)
+
                 done_parts, history = prepare_output(job.output, kind, overwrite=args.overwrite, resume=args.resume,
-                                                     retry_mode=job.retry)
-                if history and check_resume is not None:
-                    check_resume(job, history[-1])
+                                                     retry_mode=job.retry, same_run=same_run)
                 job = replace(job, done_parts=done_parts)
             job = replace(job, scratch_dir=scratch)
         except UsageError as e:
@@ -351,16 +346,26 @@ def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def selection_mode(requested: str, runner: str) -> str:
-    """The --dedupe mode the job will run with on `runner` (imagejob.dedupe_mode); UsageError if unusable."""
+def runner_class(runner: str) -> type:
+    """The class the pipeline's runner will be (create_runner: no I/O); UsageError if Beam has none."""
     from apache_beam.runners.runner import create_runner
 
     try:
-        runner_class = type(create_runner(runner)).__name__  # what the pipeline's runner will be: no I/O
+        return type(create_runner(runner))
     except ValueError as e:
         raise UsageError(f"--runner {runner}: {e}") from e
-    mode = dedupe_mode(requested, runner_class)
-    if mode == "disk" and runner_class not in LOCAL_RUNNERS:
+
+
+def runs_here(runner: str) -> bool:
+    """Does `runner` run the work on this machine (the DirectRunner, Prism, ... and their subclasses)?"""
+    return any(cls.__name__ in LOCAL_RUNNERS for cls in runner_class(runner).__mro__)
+
+
+def selection_mode(requested: str, runner: str) -> str:
+    """The --dedupe mode the job will run with on `runner` (imagejob.dedupe_mode); UsageError if unusable."""
+    name = runner_class(runner).__name__
+    mode = dedupe_mode(requested, name)
+    if mode == "disk" and name not in LOCAL_RUNNERS:
         raise UsageError(f"--dedupe disk needs a runner on this machine, not {runner}: its workers would not see "
                          "the spill files; use --dedupe shuffle or auto")
     return mode
