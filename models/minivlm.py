@@ -24,7 +24,7 @@ from torch import nn
 
 from models import registry
 from models.persistence import WEIGHTS_NAME, read_model, write_model
-from models.tee import TEE, TEEConfig
+from models.tee import TEE, TEEConfig, is_tee_config
 
 BOX_DIMS = 6
 TIED = ("mlm.predictions.decoder.weight", "mlm.predictions.decoder.bias")
@@ -251,6 +251,8 @@ class MiniVLM(nn.Module):
         """Load a student directory (local, gs://, s3://): fusion, TEE and config; refuses a mismatch."""
         data, state = read_model(directory, "MiniVLM")
         if data.pop("model_type", None) != "minivlm":
+            if is_tee_config(data):
+                raise ValueError(f"{directory} is a TEE (region feature extractor), not a MiniVLM student")
             raise ValueError(f"{directory}/config.json is not a MiniVLM config")
         config = MiniVLMConfig.from_dict(data)
         tee = TEE(replace(TEEConfig.from_dict(config.tee), pretrained_backbone=False)) if config.tee else None
@@ -336,6 +338,42 @@ def build_student(init: str, tee: TEE, *, seed: int = 0, **overrides) -> tuple[M
         return _build_student(init, tee, **overrides)
 
 
+HUB_TIMEOUT_S = 10  # one question to the hub; transformers alone would retry for about a minute offline
+LOCAL_PREFIXES = ("/", "./", "../", "~")
+
+
+def init_source(init: str) -> str:
+    """Where a checkpoint `init` is read from: a directory (local or an fsspec URL) as given; a hub
+    id as given when the hub answers for it (transformers then downloads it or reuses its cache),
+    else its snapshot in the local hub cache.
+
+    A hub id that is neither reachable nor cached is one line (ValueError) within seconds,
+    naming what works offline, instead of transformers' retries and warnings."""
+    if "://" in init or os.path.isdir(os.path.expanduser(init)):
+        return init
+    if init.startswith(LOCAL_PREFIXES):
+        raise ValueError(f"--init {init}: no such directory")
+    return _hub_init(init)
+
+
+def _hub_init(repo: str) -> str:
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        HfApi().model_info(repo, timeout=HUB_TIMEOUT_S)
+        return repo
+    # Any failure of this probe only sends us to the cache (offline mode, no network, no such
+    # repo, a gated one): its error classes (the HTTP client's) differ across huggingface_hub releases.
+    except Exception as online_error:  # noqa: BLE001
+        try:
+            return snapshot_download(repo, local_files_only=True)
+        except (OSError, ValueError) as e:  # LocalEntryNotFoundError; HFValidationError for a malformed id
+            raise ValueError(
+                f"--init {repo} cannot be reached on the model hub ({type(online_error).__name__}) and is not in "
+                f"the local hub cache; offline, use --init tiny (a small random fusion), --init {bundled_bert_dir()} "
+                "(the bundled MiniLM-L6) or a local BERT-architecture directory") from e
+
+
 def _pretrained_bert(source: str, init: str):
     """A BERT-architecture checkpoint's encoder. Repos with only pickled weights (the default
     microsoft/MiniLM-L12-H384-uncased has pytorch_model.bin alone) are read by transformers with
@@ -362,7 +400,7 @@ def _build_student(init: str, tee: TEE, **overrides) -> tuple[MiniVLM, object]:
     """
 
     shape = tiny_name(init)
-    source = bundled_bert_dir() if shape else init
+    source = bundled_bert_dir() if shape else init_source(init)
     tokenizer = load_tokenizer(source)
     ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id)

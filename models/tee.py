@@ -31,8 +31,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image
 
-from models.bifpn import BiFPN
 from models import registry
+from models.bifpn import BiFPN
 from models.persistence import WEIGHTS_NAME, read_model, write_model
 from schemas.vocab import DEFAULT_VOCAB, load_vocab
 
@@ -356,13 +356,61 @@ class TEE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str, map_location: str = "cpu") -> "TEE":
-        """Load from a directory (local, gs://, s3://) written by save_pretrained."""
-        data, state = read_model(directory, "TEE")
+        """Load from a directory (local, gs://, s3://) written by save_pretrained; NotATEE for a
+        student or a training run folder."""
+        data, state = _read_tee(directory)
         data.pop("extractor_id", None)
         config = replace(TEEConfig.from_dict(data), pretrained_backbone=False)  # weights come from the file
         model = cls(config)
         model.load_state_dict(state, strict=True)
         return model.to(map_location).eval()
+
+
+class NotATEE(ValueError):
+    """A directory given as a TEE holds something else: "<dir> is a MiniVLM student, not a TEE"."""
+
+
+# A student's config.json (models/minivlm.py, which imports this module, so its config class
+# cannot be imported here) carries model_type "minivlm" and these fusion fields; a TEE's never does.
+STUDENT_KEYS = frozenset({"num_layers", "region_feature_dim"})
+
+
+def is_student_config(data: dict) -> bool:
+    return data.get("model_type") == "minivlm" or STUDENT_KEYS <= set(data)
+
+
+def is_tee_config(data: dict) -> bool:
+    return {"backbone", "fpn_channels"} <= set(data)
+
+
+def _read_tee(directory: str) -> tuple[dict, dict]:
+    """(config, weights) of a saved TEE. A student, or a training run folder, is named as what it
+    is (NotATEE), not reported as a list of config keys a TEE does not know or as missing files."""
+    try:
+        data, state = read_model(directory, "TEE")
+    except FileNotFoundError as e:
+        inner = _config_in(f"{directory.rstrip('/')}/model")
+        if inner is None:
+            raise
+        if is_student_config(inner):
+            raise NotATEE(f"{directory} is a training run folder holding a MiniVLM student, not a TEE") from e
+        raise NotATEE(f"{directory} is a training run folder, not a TEE: its TEE is "
+                      f"{directory.rstrip('/')}/model") from e
+    if is_student_config(data):
+        raise NotATEE(f"{directory} is a MiniVLM student, not a TEE")
+    return data, state
+
+
+def _config_in(directory: str) -> dict | None:
+    """The config.json of a model directory, or None when there is none (or it is not JSON)."""
+    import fsspec
+
+    try:
+        with fsspec.open(f"{directory}/config.json", "r") as f:
+            data = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 # ---- registry: configs as data, one build path ------------------------------------

@@ -18,16 +18,18 @@ import logging
 import sys
 from dataclasses import asdict, replace
 
-from pipelines.cli import EXIT_USAGE
+from pipelines.cli import EXIT_OK, CommandParser, UsageError, usage_error
 from pipelines.data import storage
-from pipelines.train.flags import add_train_flags, train_config
-from pipelines.train.loop import Trainer, fit_and_report, init_distributed, validate
+from pipelines.train.flags import add_train_flags, check_kind, preflight, print_notes
+
+PROG = "finetune_caption"
+STUDENT = "a MiniVLM student (pipelines.train_student's output)"
 
 
 def parse_args(argv):
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m pipelines.finetune_caption", description=__doc__.splitlines()[0])
+    """The flags (UsageError for unknown or missing ones). Module-level imports stay light:
+    --help imports no torch."""
+    ap = CommandParser(prog="python -m pipelines.finetune_caption", description=__doc__.splitlines()[0])
     d = ap.add_argument_group("data")
     d.add_argument("--train", required=True, help="a build_corpus output, or a COCO captions JSON (with --features)")
     d.add_argument("--features", help="with a COCO --train: the extract_features output of its images")
@@ -74,15 +76,35 @@ def data_files(data: str, features: str | None, what: str) -> tuple[list[str], d
     return files, None, CORPUS
 
 
+def check_inputs(args) -> None:
+    """Folders of another kind than each flag takes, named as what they are (a TEE as --init, a
+    labeling run as --train), before anything reads them as what they are not."""
+    check_kind("--init", args.init, STUDENT, ("a MiniVLM student", "a training run folder holding a MiniVLM student"))
+    corpus = ("a corpus", "corpus shards")  # a corpus folder, or one of its shards/ and val/ folders
+    features = ("a features",)  # an extract_features run, or its features/ table
+    for flag, data, features_flag, feats in (("--train", args.train, "--features", args.features),
+                                             ("--val", args.val, "--val-features", args.val_features)):
+        if data and not data.endswith(".json"):
+            check_kind(flag, data, "a corpus (pipelines.build_corpus's output) or a COCO captions JSON", corpus)
+        if feats:
+            check_kind(features_flag, feats, "extracted features (pipelines.extract_features's output)", features)
+
+
 def run(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        cfg, notes = preflight(args, PROG)
+    except UsageError as e:
+        return usage_error(PROG, e)
+    # Heavy imports only once the flags are good: --help and flag errors come back at once.
     from models.captioning import resolve_checkpoint
     from models.minivlm import MiniVLM, load_tokenizer
     from pipelines.train.caption_data import CaptionCollate, CaptionStream, MaskingConfig
+    from pipelines.train.loop import Trainer, fit_and_report, init_distributed, validate
     from pipelines.train.pretrain_data import check_extractors, check_shards
 
-    args = parse_args(argv)
     try:
-        cfg = train_config(args)
+        check_inputs(args)
         masking = MaskingConfig(mask_prob=args.mask_prob, max_masked=args.max_masked)
         train_files, train_refs, schema = data_files(args.train, args.features, "train")
         if args.val:
@@ -104,10 +126,11 @@ def run(argv: list[str] | None = None) -> int:
         model.config = replace(model.config, task="captioning", tag_min_score=tag_min)
         seen = check_extractors(train_files, model.config.extractor_id,
                                 allow_mismatch=args.allow_extractor_mismatch, tee=f"--init {args.init}")
-    except Exception as e:  # one line for anything wrong with flags, data or models
-        print(f"finetune_caption: error: {e}" if isinstance(e, ValueError)
-              else f"finetune_caption: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 (one line for anything wrong with flags, data or models)
+        return usage_error(PROG, e if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
+    print_notes(PROG, notes)
+    if args.check_only:
+        return EXIT_OK
     model.train()
     model.tee.requires_grad_(False)  # frozen: the data holds its features already
     model.contrastive.requires_grad_(False)  # unused by captioning; DDP must not wait for its gradients

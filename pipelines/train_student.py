@@ -15,16 +15,18 @@ import logging
 import sys
 from dataclasses import asdict
 
-from pipelines.cli import EXIT_USAGE
+from pipelines.cli import EXIT_OK, CommandParser, UsageError, usage_error
 from pipelines.data import storage
-from pipelines.train.flags import add_train_flags, train_config
-from pipelines.train.loop import Trainer, fit_and_report, init_distributed, validate
+from pipelines.train.flags import add_train_flags, check_kind, preflight, print_notes
+
+PROG = "train_student"
+DEFAULT_INIT = "microsoft/MiniLM-L12-H384-uncased"
 
 
 def parse_args(argv):
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m pipelines.train_student", description=__doc__.splitlines()[0])
+    """The flags (UsageError for unknown or missing ones). Module-level imports stay light:
+    --help imports no torch."""
+    ap = CommandParser(prog="python -m pipelines.train_student", description=__doc__.splitlines()[0])
     d = ap.add_argument_group("data")
     d.add_argument("--corpus", required=True, help="a build_corpus output (local or gs://): shards/ and val/")
     d.add_argument("--shuffle-buffer", type=int, default=1000, help="rows in the streaming shuffle buffer")
@@ -34,7 +36,7 @@ def parse_args(argv):
                         "what the student sees at inference)")
     m = ap.add_argument_group("model")
     m.add_argument("--tee", required=True, help="the TEE that made the corpus features: a saved TEE dir or 'tiny'")
-    m.add_argument("--init", default="microsoft/MiniLM-L12-H384-uncased",
+    m.add_argument("--init", default=DEFAULT_INIT,
                    help="fusion start: hub id, local BERT-architecture dir, or random weights of a registered "
                         "shape: 'tiny' (tests), 'tiny:<name>' (e.g. tiny:minivlm-l12-h384; 'random' is that one)")
     m.add_argument("--fusion", default=None, metavar="LAYERSxHIDDEN[xHEADS]",
@@ -69,9 +71,32 @@ def fusion_shape(spec: str | None, init: str) -> dict:
     return {"num_layers": layers, "hidden_size": hidden, "num_heads": heads, "intermediate_size": 4 * hidden}
 
 
+def check_inputs(args) -> None:
+    """Folders of another kind than each flag takes, named as what they are (a labeling run as
+    --corpus, a TEE as --init), before anything reads them as what they are not."""
+    check_kind("--corpus", args.corpus, "a corpus (pipelines.build_corpus's output)", ("a corpus",))
+    check_kind("--init", args.init, "a BERT-architecture checkpoint", ("a Hugging Face model", "a model directory"))
+
+
+def load_tee_flag(ref: str):
+    """--tee -> (TEE, provenance); a student or a run folder given as --tee is one line."""
+    from models.tee import NotATEE, load_tee
+
+    try:
+        return load_tee(ref)
+    except NotATEE as e:
+        raise UsageError(f"--tee {e}") from e
+
+
 def run(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        cfg, notes = preflight(args, PROG)
+    except UsageError as e:
+        return usage_error(PROG, e)
+    # Heavy imports only once the flags are good: --help and flag errors come back at once.
     from models.minivlm import build_student
-    from models.tee import load_tee
+    from pipelines.train.loop import Trainer, fit_and_report, init_distributed, validate
     from pipelines.train.pretrain_data import (
         CorpusStream,
         ObjectiveConfig,
@@ -82,11 +107,10 @@ def run(argv: list[str] | None = None) -> int:
         shard_files,
     )
 
-    args = parse_args(argv)
     try:
-        cfg = train_config(args)
         objective = ObjectiveConfig(mask_prob=args.mask_prob, polluted_caption=args.polluted_caption,
                                     polluted_tags=args.polluted_tags)
+        check_inputs(args)
         check_corpus_finished(args.corpus)
         train_files = shard_files(storage.join(args.corpus, "shards"))
         if not train_files:
@@ -94,17 +118,18 @@ def run(argv: list[str] | None = None) -> int:
         val_dir = storage.join(args.corpus, "val")
         val_files = shard_files(val_dir) if storage.exists(val_dir) else []
         check_shards(train_files + val_files)
-        tee, tee_source = load_tee(args.tee)
+        tee, tee_source = load_tee_flag(args.tee)
         tee.requires_grad_(False)  # frozen: the corpus holds its features already
         model, tokenizer = build_student(args.init, tee, seed=args.seed, max_caption_tokens=args.max_caption_tokens,
                                          max_tag_tokens=args.max_tag_tokens, max_regions=args.max_regions,
                                          **fusion_shape(args.fusion, args.init))
         seen = check_extractors(train_files, model.config.extractor_id,
                                 allow_mismatch=args.allow_extractor_mismatch, tee=f"--tee {args.tee}")
-    except Exception as e:  # one line for anything wrong with flags, corpus or models
-        print(f"train_student: error: {type(e).__name__}: {e}" if not isinstance(e, ValueError)
-              else f"train_student: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 (one line for anything wrong with flags, corpus or models)
+        return usage_error(PROG, e if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
+    print_notes(PROG, notes)
+    if args.check_only:
+        return EXIT_OK
     dist = init_distributed(cfg.device if cfg.device != "auto" else "cpu")
     c = model.config
     stream = CorpusStream(train_files, feature_dim=c.region_feature_dim, max_regions=c.max_regions,

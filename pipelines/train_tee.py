@@ -18,14 +18,17 @@ import logging
 import os
 import sys
 
-from pipelines.cli import EXIT_USAGE
+from pipelines.cli import EXIT_OK, CommandParser, UsageError, usage_error
 from pipelines.data import images, sources
-from pipelines.train.flags import add_train_flags, train_config
-from pipelines.train.loop import Trainer, fit_and_report
+from pipelines.train.flags import add_train_flags, preflight, print_notes
+
+PROG = "train_tee"
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m pipelines.train_tee", description=__doc__.splitlines()[0])
+    """The flags (UsageError for unknown or missing ones). Module-level imports stay light:
+    --help imports no torch."""
+    ap = CommandParser(prog="python -m pipelines.train_tee", description=__doc__.splitlines()[0])
     d = ap.add_argument_group("data (Open Images formats; manifest and boxes sorted by image id)")
     d.add_argument("--images", required=True, help="image manifest: Open Images CSV, image_id,uri table, or a glob")
     d.add_argument("--input-format", default="auto", choices=sources.KINDS)
@@ -53,7 +56,7 @@ def parse_args(argv):
 
 
 def build_model(args, classes):
-    from models.tee import TEE, build_tee, list_tees, tiny_name
+    from models.tee import TEE, NotATEE, build_tee, list_tees, tiny_name
 
     name = tiny_name(args.tee) or args.tee
     if name in list_tees():
@@ -64,7 +67,10 @@ def build_model(args, classes):
     if not os.path.isdir(args.tee) and "://" not in args.tee:
         raise ValueError(f"--tee {args.tee!r} is neither a registered config ({', '.join(list_tees())}) "
                          "nor a saved TEE directory")
-    model = TEE.from_pretrained(args.tee)
+    try:
+        model = TEE.from_pretrained(args.tee)
+    except NotATEE as e:
+        raise UsageError(f"--tee {e}") from e
     if tuple(model.config.classes) != tuple(classes):
         raise ValueError(f"--tee {args.tee} was trained on {model.config.num_classes} other classes than "
                          f"--classes ({len(classes)}); fine-tuning needs the same class list")
@@ -74,14 +80,18 @@ def build_model(args, classes):
 
 
 def run(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        cfg, notes = preflight(args, PROG)
+    except UsageError as e:
+        return usage_error(PROG, e)
+    # Heavy imports only once the flags are good: --help and flag errors come back at once.
     from pipelines.data.annotations import read_classes
     from pipelines.eval.tee import evaluate_tee
     from pipelines.train.detection_data import DetectionData, DetectionStream, collate, detection_loss, scan
-    from pipelines.train.loop import init_distributed
+    from pipelines.train.loop import Trainer, fit_and_report, init_distributed
 
-    args = parse_args(argv)
     try:
-        cfg = train_config(args)
         source = sources.SourceSpec(input=args.images, kind=args.input_format, image_root=args.image_root,
                                     path_template=args.image_path_template)
         sources.check(source)
@@ -106,8 +116,10 @@ def run(argv: list[str] | None = None) -> int:
                                  scale_jitter=args.scale_jitter, shuffle_buffer=args.shuffle_buffer,
                                  seed=cfg.seed, batch_size=cfg.batch_size, rank=dist.rank, world=dist.world)
     except (ValueError, FileNotFoundError, sources.SourceError) as e:
-        print(f"train_tee: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(PROG, e)
+    print_notes(PROG, notes)
+    if args.check_only:
+        return EXIT_OK
     if dist.main:
         skipped = {k: v for k, v in report.items() if k.startswith("skipped_") and v}
         print(f"train_tee: {report['images']} training images ({report['negative_images']} without boxes), "

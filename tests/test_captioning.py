@@ -14,8 +14,8 @@ from benchmarks.synthetic_scenes import write_dataset
 from models.captioning import StudentCaptioner, load_student_captioner, tags_from_regions
 from models.minivlm import build_student, seq2seq_attention
 from models.tee import load_tee
-from pipelines.train.caption_data import CaptionCollate, CaptionStream, MaskingConfig, read_coco_captions
 from pipelines.finetune_caption import run as finetune
+from pipelines.train.caption_data import CaptionCollate, CaptionStream, MaskingConfig, read_coco_captions
 from schemas import FEATURES, features_row
 from tests.test_student import write_corpus
 
@@ -234,7 +234,7 @@ def _caption_cli(*args):
 
 
 def test_caption_cli_captions_the_bundled_sample(finetuned):
-    proc = _caption_cli("--checkpoint", finetuned / "ckpt", SAMPLE_IMAGES, "--batch-size", "4", "--beam-size", "2")
+    proc = _caption_cli("--checkpoint", finetuned / "ckpt", SAMPLE_IMAGES, "--batch-size", "4", "--num-beams", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     files = sorted(f for f in os.listdir(SAMPLE_IMAGES) if f.lower().endswith((".jpg", ".jpeg", ".png")))
@@ -274,7 +274,7 @@ def test_evaluate_captions_cli_scores_student_and_teacher(finetuned, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate_captions", "--checkpoint",
                            str(finetuned / "ckpt"), "--references", paths["captions_json"], "--images", images,
                            "--teacher-labels", str(tmp_path / "labels"), "--output", str(tmp_path / "eval"),
-                           "--beam-size", "2", "--no-meteor"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--num-beams", "2", "--no-meteor"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "CIDEr-D" in proc.stdout and "student vs teacher" in proc.stdout
     report = json.loads((tmp_path / "eval" / "caption_eval.json").read_text())
@@ -293,8 +293,7 @@ def test_evaluate_captions_cli_scores_student_and_teacher(finetuned, tmp_path):
 def test_torchrun_two_processes_finetune_and_resume(finetuned, tmp_path):
     """DDP with the unused contrastive head frozen; then --resume continues the same run."""
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STAGE": "finetune_caption",
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STAGE": "finetune_caption", "PYTHON": sys.executable}
     script = os.path.join(REPO, "scripts", "train_student.sh")
     for argv in (["--stop-at", "2"], ["--resume"]):
         args = _finetune_args(finetuned / "pretrained", finetuned / "corpus", out, 4, "--checkpoint-every", "2", *argv)

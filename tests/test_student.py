@@ -324,8 +324,7 @@ def test_torchrun_two_processes_train_and_checkpoint(corpus, tmp_path):
     out = tmp_path / "ddp"
     cmd = ["bash", os.path.join(REPO, "scripts", "train_student.sh"), "2", *_args(corpus, out, 3)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{os.path.dirname(sys.executable)}:"
-                                                                           f"{os.environ['PATH']}"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in _metrics(out) if r["split"] == "train"] == [1, 2, 3]
     assert (out / "checkpoints" / "step-00000003" / "state.pt").exists()

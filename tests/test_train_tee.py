@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 
 from benchmarks.synthetic_scenes import write_dataset
 from models.tee import TEE
-from pipelines.train_tee import run as train_tee
 from pipelines.train.loop import TrainConfig
 from pipelines.train.streams import ResumableStream, by_index, shuffled
+from pipelines.train_tee import run as train_tee
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,13 +130,13 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(scenes, tmp_p
     assert ckpts == ["latest", "step-00000002", "step-00000004"]
 
 
-def test_checkpoints_need_resume_and_resume_needs_a_checkpoint(scenes, tmp_path, capsys):
+def test_checkpoints_need_resume_or_overwrite_and_resume_on_nothing_starts_anew(scenes, tmp_path, capsys):
     tr, _ = scenes
-    assert train_tee(_args(tr, tmp_path / "a", 2, "--resume")) == 2
-    assert "no checkpoint" in capsys.readouterr().err
-    assert train_tee(_args(tr, tmp_path / "b", 2)) == 0
-    assert train_tee(_args(tr, tmp_path / "b", 2)) == 2
-    assert "--resume" in capsys.readouterr().err
+    assert train_tee(_args(tr, tmp_path / "a", 2, "--resume")) == 0
+    assert f"train_tee: note: nothing to resume in {tmp_path / 'a'}: starting a new run" in capsys.readouterr().err
+    assert train_tee(_args(tr, tmp_path / "a", 2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume to continue it, --overwrite to replace it" in err[0], err
 
 
 def test_bad_annotation_rows_are_counted_and_skipped(scenes, tmp_path, capsys):
@@ -166,11 +166,11 @@ def test_training_with_validation_and_the_evaluate_command(scenes, tmp_path):
     assert len(val) == 1 and 0.0 <= val[0]["map50"] <= 1.0 and val[0]["val_images"] == 6
     proc = subprocess.run([sys.executable, "-m", "pipelines.evaluate_tee", "--tee", str(out / "model"),
                            "--images", va["images_csv"], "--annotations", va["boxes_csv"],
-                           "--json", str(tmp_path / "eval.json")], cwd=REPO, capture_output=True, text=True,
+                           "--output", str(tmp_path / "eval")], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mAP@0.5" in proc.stdout
-    result = json.loads((tmp_path / "eval.json").read_text())
+    result = json.loads((tmp_path / "eval" / "tee_eval.json").read_text())
     assert result["images"] == 6 and result["extractor"] == TEE.from_pretrained(str(out / "model")).extractor_id()
     assert np.isclose(result["map50"], val[0]["map50"])
 

@@ -39,53 +39,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipelines.data import storage
+from pipelines.train.config import TrainConfig
+from pipelines.train.output import LATEST, STATE_NAME, clear_run, latest_checkpoint
 from pipelines.train.streams import Positioned, ResumableStream, WithPosition
 
 log = logging.getLogger(__name__)
-STATE_NAME = "state.pt"
-LATEST = "latest"  # text file naming the newest complete checkpoint
-CHECKPOINT_NAME = re.compile(r"step-\d{8}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    output: str
-    max_steps: int
-    batch_size: int = 8  # per process
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"  # adamw | sgd
-    momentum: float = 0.9  # sgd only
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | constant (after warmup)
-    min_lr_ratio: float = 0.05  # cosine ends at lr * min_lr_ratio
-    grad_clip: float = 10.0  # max global grad norm; 0 turns clipping off
-    grad_accum: int = 1  # batches per optimizer step
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    log_every: int = 10
-    checkpoint_every: int = 500
-    eval_every: int = 0  # 0: only at the end (when an evaluator is given)
-    keep_checkpoints: int = 2
-    seed: int = 0
-    num_workers: int = 2  # DataLoader workers per process
-    device: str = "auto"
-    resume: bool = False
-    progress: bool = True
-    stop_at: int = 0  # end this invocation after this step (checkpointed), keeping the max_steps schedule
-
-    def __post_init__(self):
-        for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "num_workers", "grad_clip", "stop_at"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, not {self.lr}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"--schedule must be cosine or constant, not {self.schedule!r}")
 
 
 # ---- distributed -------------------------------------------------------------------
@@ -201,22 +159,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def latest_checkpoint(output: str) -> str | None:
-    """URL of the newest complete checkpoint under OUTPUT/checkpoints, or None.
-
-    ValueError when the pointer names something else than a checkpoint of this directory:
-    the name is joined into a path, so it must never lead elsewhere."""
-    pointer = storage.join(output, f"checkpoints/{LATEST}")
-    if not storage.exists(pointer):
-        return None
-    name = storage.read_text(pointer).strip()
-    if not CHECKPOINT_NAME.fullmatch(name):
-        raise ValueError(f"{pointer} names {name[:40]!r}, not a checkpoint (step-NNNNNNNN): "
-                         "it was not written by this trainer; remove it or use another --output")
-    path = storage.join(output, f"checkpoints/{name}")
-    return path if storage.exists(storage.join(path, STATE_NAME)) else None
 
 
 def read_state(path: str) -> dict:
@@ -384,13 +326,22 @@ class Trainer:
 
     # ---- loop ----
 
+    def _clear_output(self) -> None:
+        """--overwrite: rank 0 removes the earlier run; no rank goes on until it is gone."""
+        if self.dist.main:
+            clear_run(self.cfg.output)
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+
     def fit(self) -> dict:
         cfg = self.cfg
+        if cfg.overwrite:
+            self._clear_output()  # only now: every input was checked, a refused start keeps the earlier run
         if cfg.resume:
             self._restore()
         elif latest_checkpoint(cfg.output) is not None:
             raise ValueError(f"{cfg.output} already holds checkpoints: pass --resume to continue, "
-                             "or choose another --output")
+                             "--overwrite to replace them, or choose another --output")
         elif self.dist.main and storage.exists(storage.join(cfg.output, "metrics.jsonl")):
             storage.remove(storage.join(cfg.output, "metrics.jsonl"))  # a run killed before its first checkpoint
         if self.dist.main:
