@@ -6,7 +6,8 @@
 One line per image on stdout, in input order: `path<TAB>caption` (with --json, one JSON
 object per line: path, caption, score, tags). An image that cannot be read or decoded
 gets one line on stderr (`caption: PATH: ErrorType: message`); the others are still
-captioned and the exit code is 1. A checkpoint that cannot caption: one line, exit 2.
+captioned and the exit code is 1. Bad flags, a device this machine lacks, or a checkpoint
+that cannot caption: one line, exit 2, before any image is read.
 """
 from __future__ import annotations
 
@@ -15,51 +16,83 @@ import json
 import logging
 import sys
 
-from pipelines.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from pipelines.infer.captions import caption_paths, expand
+# Only light imports up here: --help and flag errors must not wait for torch
+# (models.* and the image readers are imported in run(), after the flags are checked).
+from pipelines.cli import EXIT_FAILED, EXIT_OK, CommandParser, UsageError, check_device, usage_error
+
+PROG = "caption"
 
 
-def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m pipelines.caption", description=__doc__.splitlines()[0])
+def parser() -> CommandParser:
+    ap = CommandParser(prog="python -m pipelines.caption", description=__doc__.splitlines()[0])
     ap.add_argument("images", nargs="+", help="image files, globs (quote them) or folders; local, gs://, s3://")
     ap.add_argument("--checkpoint", required=True, help="a pipelines.finetune_caption output (CKPT2 or CKPT2/model)")
-    ap.add_argument("--beam-size", type=int, default=5)
-    ap.add_argument("--max-length", type=int, default=20, help="at most this many word pieces per caption")
+    ap.add_argument("--num-beams", "--beam-size", dest="num_beams", type=int, default=5,
+                    help="beam width (alias: --beam-size, kept for compatibility)")
+    ap.add_argument("--max-new-tokens", "--max-length", dest="max_new_tokens", type=int, default=20,
+                    help="at most this many word pieces per caption (alias: --max-length, kept for compatibility)")
     ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
     ap.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    ap.add_argument("--json", action="store_true", help="JSON lines: path, caption, score, tags")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--json", action="store_true", help="JSON lines on stdout: path, caption, score, tags")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA if present)")
     ap.add_argument("--io-threads", type=int, default=8, help="images read and decoded in parallel")
-    args = ap.parse_args(argv)
-    for name in ("beam_size", "max_length", "batch_size", "io_threads"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
+    return ap
+
+
+def parse_args(argv) -> argparse.Namespace:
+    """The flags, checked: UsageError for anything wrong, the device included."""
+    args = parser().parse_args(argv)
+    for flag, value in (("--num-beams", args.num_beams), ("--max-new-tokens", args.max_new_tokens),
+                        ("--batch-size", args.batch_size), ("--io-threads", args.io_threads)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, not {value}")
+    check_device(args.device)
     return args
 
 
-def run(argv: list[str] | None = None, out=None, err=None) -> int:
-    from models.captioning import load_student_captioner
-    from models.minivlm import TINY_STUDENT, tiny_name
+def one_line(error: BaseException) -> str:
+    """An exception as one line: ours are already, a library's may span several."""
+    msg = str(error) if isinstance(error, (ValueError, FileNotFoundError)) else f"{type(error).__name__}: {error}"
+    return " ".join(part.strip() for part in msg.splitlines() if part.strip())
 
-    out, err = out or sys.stdout, err or sys.stderr
-    args = parse_args(argv)
+
+def load_captioner(args):
+    """The student that will caption, or UsageError saying why this checkpoint cannot."""
+    from pipelines.infer.captions import checkpoint_problem
+
+    problem = checkpoint_problem("--checkpoint", args.checkpoint)  # a TEE, a run folder: named, not guessed at
+    if problem:
+        raise UsageError(problem)
+    from models.captioning import load_student_captioner  # torch: only once the flags and kind are right
+
     try:
         captioner = load_student_captioner(args.checkpoint, device=args.device)
-        if captioner.model.tee is None:
-            raise ValueError(f"{args.checkpoint} has no TEE: it cannot caption images")
-        if args.max_length > captioner.config.max_caption_tokens:
-            raise ValueError(f"--max-length {args.max_length} exceeds the checkpoint's max_caption_tokens "
-                             f"({captioner.config.max_caption_tokens})")
     except Exception as e:  # one line for a checkpoint that cannot caption, whatever the cause
-        msg = str(e) if isinstance(e, (ValueError, FileNotFoundError)) else f"{type(e).__name__}: {e}"
-        print(f"caption: error: {msg}", file=err)
-        return EXIT_USAGE
+        raise UsageError(one_line(e)) from e
+    if captioner.model.tee is None:
+        raise UsageError(f"{args.checkpoint} has no TEE: it cannot caption images")
+    if args.max_new_tokens > captioner.config.max_caption_tokens:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} exceeds the checkpoint's max_caption_tokens "
+                         f"({captioner.config.max_caption_tokens})")
+    return captioner
+
+
+def run(argv: list[str] | None = None, out=None, err=None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        args = parse_args(argv)
+        captioner = load_captioner(args)
+    except UsageError as e:
+        return usage_error(PROG, e, file=err)
+    from models.minivlm import TINY_STUDENT, tiny_name
+    from pipelines.infer.captions import caption_paths, expand
+
     if tiny_name(captioner.config.init) == TINY_STUDENT:
         print(f"caption: note: {args.checkpoint} grew from a tiny-random fusion (a test model): its captions "
               "show the plumbing works, not what a student can do", file=err)
     failed = 0
-    for path, c, problem in caption_paths(captioner, expand(args.images), beam_size=args.beam_size,
-                                          max_length=args.max_length, greedy=args.greedy,
+    for path, c, problem in caption_paths(captioner, expand(args.images), beam_size=args.num_beams,
+                                          max_length=args.max_new_tokens, greedy=args.greedy,
                                           batch_size=args.batch_size, io_threads=args.io_threads):
         if problem is not None:
             failed += 1

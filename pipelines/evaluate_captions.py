@@ -24,26 +24,27 @@ gets caption_eval.json and teacher_captions.jsonl (per-image scores).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import sys
 
-from pipelines.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, OneLineParser, UsageError
+# Only light imports up here: --help and flag errors must not wait for torch or pycocoevalcap.
+from pipelines.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandParser, UsageError, check_device, usage_error
 from pipelines.data import storage
 
 PROG = "evaluate_captions"
-# Flags of the student's decoding: their defaults, and None in the parser so that one given
-# without --checkpoint (where nothing decodes) is refused rather than silently ignored.
-DECODING = {"beam_size": 5, "max_length": 20, "greedy": False, "batch_size": 16, "device": "auto"}
+# The student's decoding (and its images): flags that mean something only with --checkpoint.
+STUDENT_FLAGS = ("images", "num_beams", "max_new_tokens", "greedy", "batch_size", "device")
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parse_args(argv):
-    ap = OneLineParser(prog="python -m pipelines.evaluate_captions", description=__doc__.splitlines()[0])
+def parser() -> CommandParser:
+    ap = CommandParser(prog="python -m pipelines.evaluate_captions", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="a pipelines.finetune_caption output: scores the student (needs --images)")
     ap.add_argument("--references", required=True,
                     help="COCO captions JSON (images + annotations), or Localized Narratives JSON Lines "
@@ -54,18 +55,30 @@ def parse_args(argv):
     ap.add_argument("--teacher-labels", help="labels table of the same images: with --checkpoint adds "
                                              "student-vs-teacher rows; alone scores the teacher's captions")
     ap.add_argument("--output", help="write caption_eval.json and predictions.jsonl (or teacher_captions.jsonl) here")
-    ap.add_argument("--beam-size", type=int, default=None, help=f"(default {DECODING['beam_size']})")
-    ap.add_argument("--max-length", type=int, default=None, help=f"(default {DECODING['max_length']})")
-    ap.add_argument("--greedy", action="store_true", default=None)
-    ap.add_argument("--batch-size", type=int, default=None, help=f"(default {DECODING['batch_size']})")
+    ap.add_argument("--num-beams", "--beam-size", dest="num_beams", type=int, default=5,
+                    help="beam width (alias: --beam-size, kept for compatibility)")
+    ap.add_argument("--max-new-tokens", "--max-length", dest="max_new_tokens", type=int, default=20,
+                    help="at most this many word pieces per caption (alias: --max-length, kept for compatibility)")
+    ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
+    ap.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     ap.add_argument("--limit", type=int, default=None, help="evaluate on the first N images (by id)")
     ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java process is the slow part)")
-    ap.add_argument("--device", default=None, help=f"(default {DECODING['device']})")
-    args = ap.parse_args(argv)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA if present)")
+    return ap
+
+
+def parse_args(argv) -> argparse.Namespace:
+    ap = parser()
+    # argparse fills in a default only for what the namespace lacks: starting the student's flags
+    # at None tells "given" from "left at its default", so one given without --checkpoint (where
+    # nothing decodes) is refused rather than ignored, while --help still shows the defaults.
+    args = ap.parse_args(argv, argparse.Namespace(**dict.fromkeys(STUDENT_FLAGS)))
     check_flags(args)
-    for name, default in DECODING.items():
+    for name in STUDENT_FLAGS:
         if getattr(args, name) is None:
-            setattr(args, name, default)
+            setattr(args, name, ap.get_default(name))
+    if args.checkpoint is not None:
+        check_device(args.device)
     return args
 
 
@@ -77,15 +90,26 @@ def check_flags(args) -> None:
     if args.checkpoint is not None and args.images is None:
         raise UsageError("--checkpoint needs --images, the folder of the references' file_name paths")
     if args.checkpoint is None:
-        given = [_flag(n) for n in ("images", *DECODING) if getattr(args, n) is not None]
+        given = [_flag(n) for n in STUDENT_FLAGS if getattr(args, n) is not None]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise UsageError(f"{', '.join(given)} only {verb} with --checkpoint (the student's images and decoding); "
                              "--teacher-labels alone scores the teacher's captions")
-    for name in ("beam_size", "max_length", "batch_size", "limit"):
+    for name in ("num_beams", "max_new_tokens", "batch_size", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"{_flag(name)} must be >= 1, not {value}")
+
+
+def check_inputs(args) -> None:
+    """A checkpoint or labels table of the wrong kind (a TEE, a labeling run folder), named."""
+    from pipelines.eval.inputs import labels_table_problem
+    from pipelines.infer.captions import checkpoint_problem
+
+    problem = ((args.checkpoint and checkpoint_problem("--checkpoint", args.checkpoint))
+               or (args.teacher_labels and labels_table_problem("--teacher-labels", args.teacher_labels)))
+    if problem:
+        raise UsageError(problem)
 
 
 def references_format(args) -> str:
@@ -119,7 +143,7 @@ def caption_files(captioner, paths: dict[str, str], *, beam_size: int, max_lengt
 
 
 def evaluate(captioner, references: str, images: str, *, teacher_labels: str | None = None, beam_size: int = 5,
-             max_length: int = 20, greedy: bool = False, batch_size: int = 16, limit: int | None = None,
+             max_length: int = 20, greedy: bool = False, batch_size: int = 8, limit: int | None = None,
              meteor: bool = True) -> dict:
     """The whole evaluation as data: {"results": {row name: metrics}, "predictions", "failed", ...}."""
     from pipelines.data.coco import read_coco_references
@@ -218,10 +242,10 @@ def evaluate_teacher(references: str, teacher_labels: str, *, references_format:
 def run(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        check_inputs(args)
         fmt = references_format(args)
     except (UsageError, OSError) as e:  # OSError: references that cannot be opened to detect their format
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(PROG, e)
     if args.checkpoint is None:
         return run_teacher(args, fmt)
     return run_student(args)
@@ -236,7 +260,7 @@ def run_student(args) -> int:
         if captioner.model.tee is None:
             raise ValueError(f"{args.checkpoint} has no TEE: it cannot caption images")
         report = evaluate(captioner, args.references, args.images, teacher_labels=args.teacher_labels,
-                          beam_size=args.beam_size, max_length=args.max_length, greedy=args.greedy,
+                          beam_size=args.num_beams, max_length=args.max_new_tokens, greedy=args.greedy,
                           batch_size=args.batch_size, limit=args.limit, meteor=not args.no_meteor)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: Java missing or METEOR failed
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
     python -m pipelines.evaluate_tags --labels OUT/labels \\
         --human-labels oidv7-train-annotations-human-imagelabels.csv \\
-        --classes oidv7-class-descriptions.csv [--output DIR] [--threshold T]
+        --classes oidv7-class-descriptions.csv [--output DIR] [--tag-threshold T]
 
 Only images in both the labels and the human labels count, and for each of them only
 the classes a human verified for that image: a tag on a verified-positive class is a
@@ -26,9 +26,12 @@ import argparse
 import json
 import sys
 
-from pipelines.cli import EXIT_USAGE
+# Only light imports up here: --help and flag errors need no pyarrow (pipelines.eval.tags is
+# imported in run()).
+from pipelines.cli import CommandParser, UsageError, usage_error
 from pipelines.data import storage
-from pipelines.eval.tags import evaluate, load_classes, read_human_labels, read_predictions
+
+PROG = "evaluate_tags"
 
 
 def _fmt(x: float | None) -> str:
@@ -57,25 +60,37 @@ def format_table(result: dict, top: int = 10) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.evaluate_tags", description=__doc__.splitlines()[0])
+    ap = CommandParser(prog="python -m pipelines.evaluate_tags", description=__doc__.splitlines()[0])
     ap.add_argument("--labels", required=True, help="the labeling job's labels table (OUT/labels; local, gs://, s3://)")
     ap.add_argument("--human-labels", required=True,
                     help="Open Images human-verified image labels CSV (ImageID,Source,LabelName,Confidence)")
     ap.add_argument("--classes", required=True, help="Open Images class descriptions CSV (LabelName,DisplayName)")
-    ap.add_argument("--threshold", type=float, default=None,
-                    help="score a tag at or above this (default: the run's --tag-threshold, from teacher_params)")
-    ap.add_argument("--output", default=None, help="also write DIR/tag_eval.json")
-    return ap.parse_args(argv)
+    ap.add_argument("--tag-threshold", "--threshold", dest="threshold", type=float, default=None,
+                    help="score a tag at or above this (default: the run's own --tag-threshold, from its "
+                         "teacher_params); the alias --threshold is kept for compatibility")
+    ap.add_argument("--output", metavar="DIR", default=None, help="also write DIR/tag_eval.json")
+    args = ap.parse_args(argv)
+    check_labels(args.labels)
+    return args
+
+
+def check_labels(path: str) -> None:
+    """A labeling run folder (or another kind) as --labels: named, with the table inside suggested."""
+    from pipelines.eval.inputs import labels_table_problem
+
+    problem = labels_table_problem("--labels", path)
+    if problem:
+        raise UsageError(problem)
 
 
 def pick_threshold(asked: float | None, run_thresholds: set) -> tuple[float, float]:
     """(the threshold to score at, where the curve starts). Raises ValueError."""
     known = {t for t in run_thresholds if t is not None}
     if asked is not None and not 0.0 <= asked <= 1.0:
-        raise ValueError(f"--threshold must be within [0, 1], not {asked}")
+        raise ValueError(f"--tag-threshold must be within [0, 1], not {asked}")
     if not known:
         if asked is None:
-            raise ValueError("the labels' teacher_params have no tag.threshold (no tagger ran?): pass --threshold")
+            raise ValueError("the labels' teacher_params have no tag.threshold (no tagger ran?): pass --tag-threshold")
         return asked, asked
     # Rows of runs with different thresholds (--resume with other flags) are only
     # comparable at or above the highest one: below it, some rows never stored their tags.
@@ -90,7 +105,12 @@ def pick_threshold(asked: float | None, run_thresholds: set) -> tuple[float, flo
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        return usage_error(PROG, e)
+    from pipelines.eval.tags import evaluate, load_classes, read_human_labels, read_predictions
+
     try:
         pred = read_predictions(args.labels)
         threshold, curve_from = pick_threshold(args.threshold, pred.thresholds)
@@ -98,8 +118,7 @@ def run(argv: list[str] | None = None) -> int:
         human, _ = read_human_labels(args.human_labels, pred.tags.keys())
         result = evaluate(pred, human, classes, threshold, curve_from)
     except (ValueError, FileNotFoundError) as e:
-        print(f"evaluate_tags: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(PROG, e)
     if pred.duplicate_rows:
         print(f"evaluate_tags: warning: {pred.duplicate_rows} labels rows repeat an image id; "
               "each image was scored once (its first row)", file=sys.stderr)

@@ -26,12 +26,14 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from pipelines.cli import EXIT_USAGE, OneLineParser, UsageError
+from pipelines.cli import CommandParser, UsageError, usage_error
 from pipelines.data import images, storage
-from pipelines.eval import plots as report_plots
 from pipelines.eval.card import FAILURE_COLUMNS, LABEL_COLUMNS, FailureStats, LabelStats, iter_batches
 from schemas import FAILURES, LABELS
 from schemas.io import parquet_files
+
+# pipelines.eval.plots (matplotlib) is imported where a page is drawn: --help and flag
+# errors need none of it.
 
 PROG = "report"
 THUMB_SIZE = 160
@@ -112,9 +114,21 @@ class Inputs:
     tag_eval: str | None = None
 
 
+def check_kinds(args: argparse.Namespace) -> None:
+    """A features run or a corpus as --run, a run folder as --labels: named, not read as an
+    empty table (which made a card saying "0 labeled")."""
+    from pipelines.eval.inputs import labeling_run_problem, labels_table_problem
+
+    problem = (labeling_run_problem("--run", args.run, table_flag="--labels") if args.run
+               else labels_table_problem("--labels", args.labels, run_flag="--run"))
+    if problem:
+        raise UsageError(problem)
+
+
 def resolve_inputs(args: argparse.Namespace) -> Inputs:
     if not 0 <= args.samples <= MAX_SAMPLES:
         raise UsageError(f"--samples must be between 0 and {MAX_SAMPLES}, not {args.samples}")
+    check_kinds(args)
     failures, run_json = args.failures, args.run_json
     if args.run:
         if not (storage.exists(args.run) or parquet_files(storage.join(args.run, "labels"))):
@@ -173,6 +187,8 @@ def build(inputs: Inputs, *, samples: int = 24, seed: int = 0) -> dict:
 
 def plots(data: dict) -> dict[str, bytes]:
     """name -> PNG bytes, only for the plots that have data."""
+    from pipelines.eval import plots as report_plots
+
     s = data["summary"]["labels"]
     caps, tags = s["captions"], s["tags"]
 
@@ -211,6 +227,8 @@ def plots(data: dict) -> dict[str, bytes]:
 
 def write_report(data: dict, output: str) -> str:
     """Write index.html, summary.json and the PNGs under `output`; returns the page's path."""
+    from pipelines.eval import plots as report_plots
+
     pngs = plots(data)
     fs, root = fsspec.core.url_to_fs(output)
     fs.makedirs(root, exist_ok=True)
@@ -227,12 +245,12 @@ def write_report(data: dict, output: str) -> str:
 # ---- command line -------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
-    ap = OneLineParser(prog="python -m pipelines.report", description=__doc__.splitlines()[0])
+    ap = CommandParser(prog="python -m pipelines.report", description=__doc__.splitlines()[0])
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--run", help="a labeling job's --output: labels/, failures/ and run.json inside")
     where.add_argument("--labels", help="the labels table (directory, glob or file; local, gs://, s3://)")
-    ap.add_argument("--failures", default=None, help="the failures table (default with --run: OUT/failures)")
-    ap.add_argument("--run-json", default=None, help="the run record (default with --run: OUT/run.json)")
+    ap.add_argument("--failures", default=None, help="the failures table; --run reads OUT/failures unless this is given")
+    ap.add_argument("--run-json", default=None, help="the run record; --run reads OUT/run.json unless this is given")
     ap.add_argument("--tag-eval", default=None, help="tag_eval.json (or its directory) from pipelines.evaluate_tags: adds tag quality")
     ap.add_argument("--output", required=True, help="report directory (local, gs://, s3://)")
     ap.add_argument("--samples", type=int, default=24, help="images in the sample grid")
@@ -246,13 +264,11 @@ def run(argv: list[str] | None = None) -> int:
         inputs = resolve_inputs(args)
         data = build(inputs, samples=args.samples, seed=args.seed)
     except (ValueError, OSError) as e:  # UsageError, SchemaVersionError, unreadable or missing inputs
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(PROG, e)
     try:
         page = write_report(data, args.output)
     except OSError as e:
-        print(f"{PROG}: error: cannot write the report to {args.output}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(PROG, UsageError(f"cannot write the report to {args.output}: {e}"))
     c = data["summary"]["counts"]
     print(f"{PROG}: {c['labeled']} labeled, {c['failed']} failed -> {page}", file=sys.stderr)
     return 0

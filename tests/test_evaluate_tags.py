@@ -167,8 +167,8 @@ def test_a_run_without_a_tagger_threshold_needs_threshold(tmp_path, capsys):
     for part in (root / "labels").iterdir():
         part.unlink()
     pq.write_table(LABELS.to_table([row]), root / "labels" / "part-00000.parquet")
-    assert "pass --threshold" in _one_line_error(capsys, _args(root))
-    assert _evaluate(root, "--threshold", "0.5")["overall"]["tp"] == 1
+    assert "pass --tag-threshold" in _one_line_error(capsys, _args(root))
+    assert _evaluate(root, "--tag-threshold", "0.5")["overall"]["tp"] == 1
 
 
 def test_cli_end_to_end_writes_tag_eval_json(tmp_path):

@@ -226,8 +226,8 @@ def test_no_shared_image_is_one_line_exit_2(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--references", "r.json"], "nothing to score: give --checkpoint and --images"),
     (["--checkpoint", "CKPT2", "--references", "r.json"], "--checkpoint needs --images"),
-    (["--teacher-labels", "L", "--references", "r.jsonl", "--beam-size", "3"],
-     "--beam-size only applies with --checkpoint"),
+    (["--teacher-labels", "L", "--references", "r.jsonl", "--num-beams", "3"],
+     "--num-beams only applies with --checkpoint"),
     (["--teacher-labels", "L", "--references", "r.jsonl", "--images", "I", "--greedy"],
      "--images, --greedy only apply with --checkpoint"),
     (["--checkpoint", "CKPT2", "--images", "I", "--references", "r.jsonl"], "is Localized Narratives"),

@@ -12,8 +12,20 @@ from typing import Iterable, Iterator
 
 from pipelines.data import storage
 from pipelines.data.images import decode_image
+from pipelines.data.kinds import what_is
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+STUDENT = "a MiniVLM student"  # how pipelines.data.kinds names a student's model directory
+
+
+def checkpoint_problem(flag: str, path: str) -> str | None:
+    """Why `path` cannot be the student `flag` asks for, named by what it holds (a TEE, a labeling
+    run...), or None. A student, or a path that is none of the project's kinds, passes: the
+    loader then says what is wrong with it (a pre-training checkpoint, a missing folder)."""
+    kind = what_is(path)
+    if kind is None or STUDENT in kind:
+        return None
+    return f"{flag} {path} is {kind}, not a MiniVLM student: pass a pipelines.finetune_caption output"
 
 
 def expand(patterns: list[str]) -> Iterator[str]:
