@@ -2,11 +2,13 @@
 #   make sample   label the bundled sample with the tiny teachers -> out/sample
 #   make test     run the test suite
 # and: make features (the tiny TEE's region features of the sample -> out/features-sample)
+#      make chain    (the whole chain on the sample with tiny models, settings that learn:
+#                     label -> features -> corpus -> pre-train -> fine-tune -> caption)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: sample features test venv dataflow-dry-run clean
+.PHONY: sample features chain test venv dataflow-dry-run clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +23,18 @@ sample: venv
 
 features: venv
 	$(PY) -m pipelines.extract_features --runner DirectRunner --tee tiny --output out/features-sample --overwrite
+
+# Short runs need a short warmup: under the default 1000 warmup steps the loss would not move.
+CHAIN_TRAIN := --batch-size 4 --lr 3e-3 --warmup-steps 3 --num-workers 0 --overwrite
+
+chain: sample features
+	$(PY) -m pipelines.build_corpus --runner DirectRunner --labels out/sample/labels \
+	  --features out/features-sample/features --output out/corpus-sample --val-fraction 0.2 --overwrite
+	$(PY) -m pipelines.train_student --corpus out/corpus-sample --tee tiny --init tiny \
+	  --output out/student-sample --max-steps 30 $(CHAIN_TRAIN)
+	$(PY) -m pipelines.finetune_caption --init out/student-sample --train out/corpus-sample \
+	  --output out/caption-sample --max-steps 30 $(CHAIN_TRAIN)
+	$(PY) -m pipelines.caption --checkpoint out/caption-sample data/sample/images
 
 test: venv
 	$(PY) -m pytest
