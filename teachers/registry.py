@@ -68,4 +68,9 @@ def tiny_family(kind: str, ref: str) -> str | None:
 
 
 def build_tiny(kind: str, family: str, out_dir: str) -> None:
+    from transformers.utils import logging as hf_logging
+
+    # save_pretrained's "Writing model shards" bar would otherwise land in the middle of a
+    # launcher's output (e.g. above the one line of a refused --resume).
+    hf_logging.disable_progress_bar()
     _TINY[kind][family](out_dir)

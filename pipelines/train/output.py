@@ -59,7 +59,10 @@ def check_output(cfg: TrainConfig, job: str) -> tuple[TrainConfig, str | None]:
     found = previous_run(cfg.output)
     if cfg.overwrite or not (found or cfg.resume):
         return cfg, None
-    checkpoint = latest_checkpoint(cfg.output)
+    try:
+        checkpoint = latest_checkpoint(cfg.output)
+    except ValueError as e:  # a pointer that leads elsewhere: refused before anything is read
+        raise UsageError(str(e)) from e
     if cfg.resume:
         if checkpoint is not None:
             return cfg, None
