@@ -15,7 +15,10 @@ long the caption is; `MiniVLMConfig.caption_slot` = max_caption_tokens + 2):
 
 Generation writes [MASK] after the words so far and reads the prediction there: the
 same question the masked-token fine-tuning asks under the seq2seq attention pattern
-(models.minivlm.seq2seq_attention), until [SEP] or max_length words.
+(models.minivlm.seq2seq_attention), until [SEP] or max_length words. That pattern lets
+decoding cache (CachedStep, the default): tags and regions are encoded once per image and
+each step runs only its two new positions; cache=False re-encodes everything each step
+(UncachedStep, the reference), with the same captions.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.minivlm import MiniVLM, load_tokenizer, seq2seq_attention
+from models.minivlm import MiniVLM, box_positions, load_tokenizer, seq2seq_attention
 
 
 @dataclass(frozen=True)
@@ -93,19 +96,44 @@ def region_inputs(features: list[np.ndarray], boxes: list[np.ndarray], feature_d
 
 
 # ---- decoding ----------------------------------------------------------------------------
+#
+# A search asks a step for next-token log-probabilities: step(prefix, rows) with prefix
+# (N, t) the words of N hypotheses so far and rows (N,) the context (image) of each. Between
+# calls it says how the hypotheses moved with step.reorder(index): the next call's
+# hypothesis i continues the previous call's hypothesis index[i]. UncachedStep re-encodes
+# everything each call (the reference); CachedStep carries keys/values along.
 
-class _Step:
-    """Next-token log-probabilities for a batch of caption prefixes over fixed contexts."""
+
+class DecodingStep:
+    """What both steps share: the model, its special tokens, and logits -> log-probs."""
+
+    def __init__(self, model: MiniVLM, banned: list[int]):
+        self.model, self.config = model, model.config
+        self.device = next(model.parameters()).device
+        self.banned = torch.tensor(banned, dtype=torch.long, device=self.device)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """index (N',) on the CPU: hypothesis i of the next call continues index[i] of the last one."""
+
+    def _log_probs(self, hidden: torch.Tensor, t: int) -> torch.Tensor:
+        """hidden (N, H) at the [MASK] after t words -> (N, V) log-probs."""
+        logits = self.model.mlm(hidden).float()  # (N, V)
+        logits[:, self.banned] = -math.inf
+        if t == 0:
+            logits[:, self.config.sep_token_id] = -math.inf  # at least one word
+        return F.log_softmax(logits, dim=-1)
+
+
+class UncachedStep(DecodingStep):
+    """Each call encodes the whole sequence, [CLS] prefix [MASK] | tags | regions, afresh."""
 
     def __init__(self, model: MiniVLM, tag_ids: list[list[int]], regions: dict[str, torch.Tensor], banned: list[int]):
-        c = model.config
-        device = next(model.parameters()).device
-        self.model, self.config = model, c
-        self.base = {k: v.to(device) for k, v in text_inputs(c, [[]] * len(tag_ids), tag_ids).items()}
-        self.regions = {k: v.to(device) for k, v in regions.items()}
+        super().__init__(model, banned)
+        c = self.config
+        self.base = {k: v.to(self.device) for k, v in text_inputs(c, [[]] * len(tag_ids), tag_ids).items()}
+        self.regions = {k: v.to(self.device) for k, v in regions.items()}
         length = c.text_length + self.regions["region_features"].shape[1]
-        self.pattern = seq2seq_attention(c.caption_slot, length - c.caption_slot, device=device)
-        self.banned = torch.tensor(banned, dtype=torch.long, device=device)
+        self.pattern = seq2seq_attention(c.caption_slot, length - c.caption_slot, device=self.device)
 
     def __call__(self, prefix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """prefix (N, t) word ids, rows (N,) which context each belongs to -> (N, V) log-probs."""
@@ -119,16 +147,122 @@ class _Step:
         hidden = self.model.encode(ids, self.base["token_type_ids"][rows], mask,
                                    self.regions["region_features"][rows], self.regions["region_boxes"][rows],
                                    self.regions["region_mask"][rows], attention=self.pattern.expand(n, -1, -1))
-        logits = self.model.mlm(hidden[:, t + 1]).float()  # (N, V)
-        logits[:, self.banned] = -math.inf
+        return self._log_probs(hidden[:, t + 1], t)
+
+
+class CachedStep(DecodingStep):
+    """UncachedStep's log-probabilities, computed incrementally.
+
+    Under the seq2seq pattern the context (tags, regions) never sees the caption, so its
+    keys/values in every layer are computed once per image. Caption position j sees only
+    positions <= j and the context, so its keys/values hold once its real token is known.
+    A call therefore runs two positions through the layers: the newest real token at t
+    ([CLS] when t = 0), whose keys/values join the cache, and the [MASK] at t + 1, whose
+    prediction is read; the [MASK]'s keys/values sit in the slot the next real token
+    overwrites.
+
+    Per layer, hypothesis n's keys (and values) live in one buffer, (N, heads, C + S, d):
+    its image's C context positions, then S = caption_slot caption positions. A beam
+    reorder keeps each hypothesis on its image, so only the caption part moves.
+    """
+
+    def __init__(self, model: MiniVLM, tag_ids: list[list[int]], regions: dict[str, torch.Tensor], banned: list[int]):
+        super().__init__(model, banned)
+        c, bert, dev = self.config, model.bert, self.device
+        slot = c.caption_slot
+        text = {k: v[:, slot:].to(dev) for k, v in text_inputs(c, [[]] * len(tag_ids), tag_ids).items()}  # tag slot
+        regions = {k: v.to(dev) for k, v in regions.items()}
+        positions = torch.arange(slot, c.text_length, device=dev)[None]  # where encode puts the tag slot
+        tags = bert.embeddings(input_ids=text["input_ids"], token_type_ids=text["token_type_ids"],
+                               position_ids=positions)  # (B, T - slot, H)
+        boxes = box_positions(regions["region_boxes"].to(tags.dtype))
+        hidden = torch.cat([tags, model.regions(regions["region_features"].to(tags.dtype), boxes)], dim=1)  # (B, C, H)
+        self.context_mask = torch.cat([text["text_mask"], regions["region_mask"]], dim=1).bool()  # (B, C)
+        self.context = self._encode_context(hidden, self.context_mask)  # per layer (keys, values), (B, h, C, d)
+        self.rows = torch.zeros(0, dtype=torch.long)  # (N,) on the CPU: each cached hypothesis's image
+        self.length = 0  # caption positions cached
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L, H) -> (N, heads, L, d)"""
+        n, length, hidden = x.shape
+        return x.view(n, length, self.config.num_heads, hidden // self.config.num_heads).transpose(1, 2)
+
+    def _encode_context(self, hidden: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The context alone through the layers, masked as encode masks it -> per layer its keys and values."""
+        n = mask.shape[1]
+        # as in encode: real positions are keys; a padded one still sees itself (its output is never a key)
+        allowed = mask[:, None, :] | torch.eye(n, dtype=torch.bool, device=mask.device)  # (B, C, C)
+        additive = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+        additive = additive.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[:, None]  # (B, 1, C, C)
+        layers = self.model.bert.encoder.layer
+        out = []
+        for i, layer in enumerate(layers):
+            attention = layer.attention.self
+            out.append((self._split(attention.key(hidden)), self._split(attention.value(hidden))))
+            if i + 1 < len(layers):  # the last layer's context output is nobody's key
+                hidden = layer(hidden, additive)
+        return out
+
+    def _start(self, rows: torch.Tensor) -> None:
+        """Fresh buffers for hypotheses over images `rows` (N,): their context in, no caption yet."""
+        c, n = self.config, len(rows)
+        self.rows, self.length = rows.cpu(), 0
+        self.keys, self.values = [], []
+        for keys, values in self.context:
+            _, h, context, d = keys.shape
+            for store, part in ((self.keys, keys), (self.values, values)):
+                buffer = part.new_zeros(n, h, context + c.caption_slot, d)  # (N, h, C + S, d)
+                buffer[:, :, :context] = part[rows]
+                store.append(buffer)
+        # queries see every real context position and every caption position but a later one
+        self.allowed = torch.cat([self.context_mask[rows][:, None, None, :].expand(-1, 1, 2, -1),
+                                  torch.ones(n, 1, 2, c.caption_slot, dtype=torch.bool, device=self.device)],
+                                 dim=-1)  # (N, 1, 2, C + S)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        rows = self.rows[index]
+        moved = index.to(self.device)
+        if torch.equal(rows, self.rows):  # each slot keeps its image (beam search): move the caption part only
+            context, end = self.context_mask.shape[1], self.context_mask.shape[1] + self.length
+            for buffer in (*self.keys, *self.values):
+                buffer[:, :, context:end] = buffer[moved, :, context:end]
+        else:  # hypotheses leave (greedy search) or change image
+            self.keys = [k[moved] for k in self.keys]
+            self.values = [v[moved] for v in self.values]
+            self.allowed = self.allowed[moved]
+        self.rows = rows
+
+    def __call__(self, prefix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """prefix (N, t) word ids, rows (N,) which context each belongs to -> (N, V) log-probs."""
+        c, (n, t) = self.config, prefix.shape
         if t == 0:
-            logits[:, c.sep_token_id] = -math.inf  # at least one word
-        return F.log_softmax(logits, dim=-1)
+            self._start(rows)
+        elif t != self.length or n != len(self.rows):
+            raise ValueError(f"the cache holds {len(self.rows)} hypotheses of {self.length} positions, not {n} of {t}")
+        newest = prefix[:, -1] if t else torch.full((n,), c.cls_token_id, dtype=torch.long, device=self.device)
+        ids = torch.stack([newest, torch.full_like(newest, c.mask_token_id)], dim=1)  # (N, 2)
+        positions = torch.arange(t, t + 2, device=self.device)[None]  # (1, 2)
+        x = self.model.bert.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids),
+                                       position_ids=positions)  # (N, 2, H)
+        end = self.context_mask.shape[1] + t + 2  # context, t + 1 cached or newest, the [MASK]
+        allowed = self.allowed[..., :end].clone()  # (N, 1, 2, end)
+        allowed[:, :, 0, -1] = False  # the newest token does not see the [MASK] after it
+        for layer, keys, values in zip(self.model.bert.encoder.layer, self.keys, self.values):
+            attention = layer.attention.self
+            keys[:, :, end - 2:end] = self._split(attention.key(x))  # (N, h, 2, d)
+            values[:, :, end - 2:end] = self._split(attention.value(x))
+            mixed = F.scaled_dot_product_attention(self._split(attention.query(x)), keys[:, :, :end],
+                                                   values[:, :, :end], attn_mask=allowed,
+                                                   scale=attention.scaling)  # (N, h, 2, d)
+            mixed = layer.attention.output(mixed.transpose(1, 2).reshape(x.shape), x)  # (N, 2, H)
+            x = layer.output(layer.intermediate(mixed), mixed)
+        self.length = t + 1
+        return self._log_probs(x[:, 1], t)
 
 
-def greedy_search(step: _Step, batch: int, max_length: int) -> list[tuple[list[int], float]]:
+def greedy_search(step: DecodingStep, batch: int, max_length: int) -> list[tuple[list[int], float]]:
     """The most likely next token each step -> per context (word ids, mean log-prob)."""
-    device, sep = step.base["input_ids"].device, step.config.sep_token_id
+    device, sep = step.device, step.config.sep_token_id
     prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
     total = torch.zeros(batch, dtype=torch.float64)
     steps = torch.zeros(batch, dtype=torch.long)
@@ -145,6 +279,9 @@ def greedy_search(step: _Step, batch: int, max_length: int) -> list[tuple[list[i
         prefix = torch.cat([prefix, nxt.to(device)[:, None]], dim=1)
         if done.all():
             break
+        going = (~done[active]).nonzero().squeeze(1)  # (A',) among this step's active
+        if len(going) < len(active):
+            step.reorder(going)
     out = []
     for i in range(batch):
         words = [int(w) for w in prefix[i, :int(steps[i])] if int(w) != sep]
@@ -152,7 +289,7 @@ def greedy_search(step: _Step, batch: int, max_length: int) -> list[tuple[list[i
     return out
 
 
-def beam_search(step: _Step, batch: int, beam_size: int, max_length: int, length_penalty: float = 1.0
+def beam_search(step: DecodingStep, batch: int, beam_size: int, max_length: int, length_penalty: float = 1.0
                 ) -> list[tuple[list[int], float]]:
     """Beam search -> per context the best hypothesis (word ids, mean log-prob).
 
@@ -161,7 +298,7 @@ def beam_search(step: _Step, batch: int, beam_size: int, max_length: int, length
     (early stopping), so beam_size 1 is exactly greedy.
     """
     k, sep = beam_size, step.config.sep_token_id
-    device = step.base["input_ids"].device
+    device = step.device
     scores = torch.full((batch, k), -math.inf, dtype=torch.float64)
     scores[:, 0] = 0.0  # one live beam at first, or the first step would fill the beam with copies
     prefix = torch.zeros(batch * k, 0, dtype=torch.long, device=device)
@@ -199,6 +336,7 @@ def beam_search(step: _Step, batch: int, beam_size: int, max_length: int, length
         if all(done):
             break
         gather = (torch.arange(batch)[:, None] * k + keep_beam).view(-1)  # (B*K,)
+        step.reorder(gather)
         prefix = torch.cat([old.view(batch * k, -1)[gather], keep_token.view(-1, 1)], dim=1).to(device)
         scores = new_scores
     out = []
@@ -233,8 +371,11 @@ class StudentCaptioner:
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray], *, beam_size: int = 5, max_length: int = 20,
-                 greedy: bool = False) -> list[Caption]:
-        """HWC uint8 RGB arrays -> one Caption each (the TEE runs first; no teacher anywhere)."""
+                 greedy: bool = False, cache: bool = True) -> list[Caption]:
+        """HWC uint8 RGB arrays -> one Caption each (the TEE runs first; no teacher anywhere).
+
+        cache: decode incrementally (CachedStep); False re-encodes every step (UncachedStep), same captions.
+        """
         if self.model.tee is None:
             raise NotACaptioningCheckpoint(f"{self.source} has no TEE: it can caption stored features only")
         if len(images) == 0:
@@ -243,11 +384,12 @@ class StudentCaptioner:
         r = self.config.max_regions
         return self.caption_regions([f.features[:r] for f in found], [f.boxes[:r] for f in found],
                                     [tags_from_regions(f.names, f.scores, self.config.tag_min_score) for f in found],
-                                    beam_size=beam_size, max_length=max_length, greedy=greedy)
+                                    beam_size=beam_size, max_length=max_length, greedy=greedy, cache=cache)
 
     @torch.inference_mode()
     def caption_regions(self, features: list[np.ndarray], boxes: list[np.ndarray], tags: list[list[str]], *,
-                        beam_size: int = 5, max_length: int = 20, greedy: bool = False) -> list[Caption]:
+                        beam_size: int = 5, max_length: int = 20, greedy: bool = False, cache: bool = True
+                        ) -> list[Caption]:
         """Stored regions ((n, D) features, (n, 4) normalised boxes, tag names) -> captions."""
         c = self.config
         if not 1 <= max_length <= c.max_caption_tokens:
@@ -257,8 +399,9 @@ class StudentCaptioner:
             raise ValueError(f"beam_size must be >= 1, not {beam_size}")
         if not len(features):
             return []
-        step = _Step(self.model, tag_token_ids(self.tokenizer, tags, c.max_tag_tokens),
-                     region_inputs(features, boxes, c.region_feature_dim), self.banned)
+        make = CachedStep if cache else UncachedStep
+        step = make(self.model, tag_token_ids(self.tokenizer, tags, c.max_tag_tokens),
+                    region_inputs(features, boxes, c.region_feature_dim), self.banned)
         found = (greedy_search(step, len(features), max_length) if greedy
                  else beam_search(step, len(features), beam_size, max_length))
         return [Caption(text=self.tokenizer.decode(words, skip_special_tokens=True).strip(), score=score,
