@@ -1,6 +1,6 @@
 """Does the student learn to caption, end to end? The whole chain on synthetic scenes, on this CPU.
 
-    python -m benchmarks.caption_learning [--json PATH] [--work DIR]
+    python -m benchmarks.caption_learning [--json PATH] [--work DIR] [--embedding-rank R] [--reuse DIR]
 
 Synthetic scenes (benchmarks.synthetic_scenes: coloured shapes on textured backgrounds)
 come with templated ground-truth captions ("a red circle left of a blue square"). The
@@ -15,6 +15,12 @@ and the student is scored on held-out scenes it never saw (captioned from their 
 next to the same architecture untrained. Reduced configuration so it fits a laptop-class
 CPU with no pre-trained weights: tee-tiny at 128 px, fusion 4 layers x 256 from random.
 Target on 2 cores: CIDEr-D >= 1.0 within 30 minutes.
+
+CIDEr-D comes with a 95% bootstrap interval over the held-out images (per-image scores
+resampled with replacement; the idf stays that of the whole held-out set). `--reuse DIR`
+takes the data, TEE, features and corpus of an earlier run's --work DIR (the same data
+settings, checked against DIR/prepared.json) and runs only pre-training, fine-tuning and
+evaluation, so variants of the student (e.g. `--embedding-rank 64`) share everything before.
 """
 from __future__ import annotations
 
@@ -64,6 +70,68 @@ def stage(name: str, fn, argv: list[str], times: dict) -> None:
         raise SystemExit(f"caption_learning: {name} failed (exit {rc})")
 
 
+PREPARED = "prepared.json"  # in --work once data, TEE, features and corpus are done: what made them
+DATA_SETTINGS = ("train_images", "val_images", "scene_size", "tee_steps", "seed")
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def prepared_paths(work: str) -> dict:
+    """Where a --work folder keeps what the first four stages made."""
+    return {"images": os.path.join(work, "images"),
+            "train_captions": os.path.join(work, "train-captions.json"),
+            "val_captions": os.path.join(work, "validation-captions.json"),
+            "tee": os.path.join(work, "tee", "model"), "corpus": os.path.join(work, "corpus")}
+
+
+def check_reusable(reuse: str, args) -> dict:
+    """--reuse DIR: DIR must hold finished data, TEE and corpus stages made with this run's data settings."""
+    from pipelines.train.pretrain_data import check_corpus_finished
+
+    record = os.path.join(reuse, PREPARED)
+    if not os.path.isfile(record):
+        raise SystemExit(f"caption_learning: --reuse {reuse}: no {PREPARED} there (not a finished caption_learning "
+                         "--work folder)")
+    with open(record) as f:
+        made = json.load(f)
+    differ = [f"{k} {made.get(k)} there, {getattr(args, k)} here" for k in DATA_SETTINGS
+              if made.get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"caption_learning: --reuse {reuse} was made with other data settings: {'; '.join(differ)}")
+    paths = prepared_paths(reuse)
+    absent = [k for k, v in paths.items() if not os.path.exists(v)]
+    if absent:
+        raise SystemExit(f"caption_learning: --reuse {reuse} lacks {', '.join(absent)}")
+    try:
+        check_corpus_finished(paths["corpus"])
+    except ValueError as e:
+        raise SystemExit(f"caption_learning: --reuse {reuse}: {e}") from None
+    return paths
+
+
+def bootstrap_interval(scores: list[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-image scores (images resampled with replacement)."""
+    import numpy as np
+
+    x = np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def per_image_cider(captions_json: str, predictions: dict) -> dict[str, float]:
+    """CIDEr-D of each captioned held-out image, as pycocoevalcap's Cider().compute_score gives it
+    (its second value) over the same images evaluate_captions scored; their mean is the corpus CIDEr-D."""
+    from pipelines.data.coco import read_coco_references
+    from pipelines.eval.captions import score_captions
+
+    _, refs = read_coco_references(captions_json)
+    scored = score_captions({i: refs[i] for i in predictions}, {i: p["caption"] for i, p in predictions.items()},
+                            meteor=False)
+    return {i: s["CIDEr-D"] for i, s in scored["per_image"].items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.caption_learning", description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=None, help="where data and runs go (default: a temporary directory)")
@@ -78,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beam-size", type=int, default=5)
     ap.add_argument("--mask-prob", type=float, default=0.4, help="fine-tuning: masked share of caption tokens")
     ap.add_argument("--max-masked", type=int, default=8)
+    ap.add_argument("--embedding-rank", type=int, default=None,
+                    help="factorise the fusion's word embedding at this rank (train_student --embedding-rank)")
+    ap.add_argument("--reuse", default=None, metavar="DIR",
+                    help="an earlier run's --work: take its data, TEE, features and corpus, run only the student")
     ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java process is the slow part)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -97,38 +169,51 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or tempfile.mkdtemp(prefix="caption_learning_")
     times: dict[str, float] = {}
     t0 = time.monotonic()
-    tr = write_dataset(work, args.train_images, seed=args.seed + 1, size=args.scene_size, subset="train",
-                       prefix="train-")
-    va = write_dataset(work, args.val_images, seed=args.seed + 2, size=args.scene_size, subset="validation",
-                       prefix="validation-")
-    images = os.path.join(work, "images")
-    write_labels(tr["captions_json"], images, os.path.join(work, "labels", "labels"))
-    times["data"] = round(time.monotonic() - t0, 1)
     loop = ["--no-progress", "--log-every", "50", "--num-workers", "1", "--seed", str(args.seed)]
+    reused_seconds = None
+    if args.reuse:
+        prepared = check_reusable(args.reuse, args)
+        with open(os.path.join(args.reuse, PREPARED)) as f:
+            reused_seconds = json.load(f).get("stage_seconds")
+        os.makedirs(work, exist_ok=True)
+        print(f"caption_learning: data, TEE, features and corpus from {args.reuse}", file=sys.stderr, flush=True)
+    else:
+        prepared = prepared_paths(work)
+        tr = write_dataset(work, args.train_images, seed=args.seed + 1, size=args.scene_size, subset="train",
+                           prefix="train-")
+        write_dataset(work, args.val_images, seed=args.seed + 2, size=args.scene_size, subset="validation",
+                      prefix="validation-")
+        images = prepared["images"]
+        write_labels(tr["captions_json"], images, os.path.join(work, "labels", "labels"))
+        times["data"] = round(time.monotonic() - t0, 1)
 
-    stage("train_tee", train_tee, [
-        "--images", tr["images_csv"], "--annotations", tr["boxes_csv"], "--classes", tr["classes_csv"],
-        "--tee", "tee-tiny", "--image-size", "128", "--output", os.path.join(work, "tee"),
-        "--max-steps", str(args.tee_steps), "--batch-size", "16", "--lr", "2e-3",
-        "--warmup-steps", str(min(100, args.tee_steps // 10)), "--checkpoint-every", str(args.tee_steps), *loop],
-        times)
-    tee_dir = os.path.join(work, "tee", "model")
-    stage("extract_features", extract_features, [
-        "--runner", "DirectRunner", "--input", tr["images_csv"], "--image-root", images,
-        "--tee", tee_dir, "--output", os.path.join(work, "features"), "--batch-size", "32", "--decode-size", "160"],
-        times)
-    stage("build_corpus", build_corpus, [
-        "--runner", "DirectRunner", "--labels", os.path.join(work, "labels", "labels"),
-        "--features", os.path.join(work, "features", "features"), "--output", os.path.join(work, "corpus"),
-        "--val-fraction", "0.05", "--shard-rows", "500"], times)
+        stage("train_tee", train_tee, [
+            "--images", tr["images_csv"], "--annotations", tr["boxes_csv"], "--classes", tr["classes_csv"],
+            "--tee", "tee-tiny", "--image-size", "128", "--output", os.path.join(work, "tee"),
+            "--max-steps", str(args.tee_steps), "--batch-size", "16", "--lr", "2e-3",
+            "--warmup-steps", str(min(100, args.tee_steps // 10)), "--checkpoint-every", str(args.tee_steps), *loop],
+            times)
+        stage("extract_features", extract_features, [
+            "--runner", "DirectRunner", "--input", tr["images_csv"], "--image-root", images,
+            "--tee", prepared["tee"], "--output", os.path.join(work, "features"), "--batch-size", "32",
+            "--decode-size", "160"], times)
+        stage("build_corpus", build_corpus, [
+            "--runner", "DirectRunner", "--labels", os.path.join(work, "labels", "labels"),
+            "--features", os.path.join(work, "features", "features"), "--output", prepared["corpus"],
+            "--val-fraction", "0.05", "--shard-rows", "500"], times)
+        with open(os.path.join(work, PREPARED), "w") as f:
+            json.dump({**{k: getattr(args, k) for k in DATA_SETTINGS}, "stage_seconds": times}, f, indent=2)
+    images, tee_dir, corpus = prepared["images"], prepared["tee"], prepared["corpus"]
+    val_captions = prepared["val_captions"]
     common = ["--batch-size", str(args.batch_size), "--checkpoint-every", "100000", *loop]
     stage("train_student", pretrain, [
-        "--corpus", os.path.join(work, "corpus"), "--tee", tee_dir, "--init", "random", "--fusion", args.fusion,
+        "--corpus", corpus, "--tee", tee_dir, "--init", "random", "--fusion", args.fusion,
+        *([] if args.embedding_rank is None else ["--embedding-rank", str(args.embedding_rank)]),
         "--max-caption-tokens", "20", "--max-tag-tokens", "8", "--max-regions", "20",
         "--output", os.path.join(work, "pretrain"), "--max-steps", str(args.pretrain_steps), "--lr", "5e-4",
         "--warmup-steps", str(args.pretrain_steps // 10), *common], times)
     stage("finetune_caption", finetune, [
-        "--init", os.path.join(work, "pretrain"), "--train", os.path.join(work, "corpus"),
+        "--init", os.path.join(work, "pretrain"), "--train", corpus,
         "--output", os.path.join(work, "caption"), "--max-steps", str(args.finetune_steps), "--lr", "5e-4",
         "--warmup-steps", str(args.finetune_steps // 20), "--mask-prob", str(args.mask_prob),
         "--max-masked", str(args.max_masked), *common], times)
@@ -137,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.monotonic()
     trained = load_student_captioner(os.path.join(work, "caption"))
-    after = evaluate(trained, va["captions_json"], images, beam_size=args.beam_size, meteor=not args.no_meteor)
+    after = evaluate(trained, val_captions, images, beam_size=args.beam_size, meteor=not args.no_meteor)
     times["evaluate_trained"] = round(time.monotonic() - t, 1)
     total = round(time.monotonic() - t0, 1)
+    per_image = per_image_cider(val_captions, after["predictions"])
+    low, high = bootstrap_interval(list(per_image.values()), seed=args.seed)
 
     # the same architecture with nothing learned: random fusion over an untrained TEE
     c = trained.config
@@ -147,27 +234,34 @@ def main(argv: list[str] | None = None) -> int:
     raw, tok = build_student("random", tee, seed=args.seed, hidden_size=c.hidden_size, num_layers=c.num_layers,
                              num_heads=c.num_heads, intermediate_size=c.intermediate_size,
                              max_caption_tokens=c.max_caption_tokens, max_tag_tokens=c.max_tag_tokens,
-                             max_regions=c.max_regions, task="captioning")
-    before = evaluate(StudentCaptioner(raw, tok, "untrained"), va["captions_json"], images, beam_size=args.beam_size,
+                             max_regions=c.max_regions, embedding_rank=c.embedding_rank, task="captioning")
+    before = evaluate(StudentCaptioner(raw, tok, "untrained"), val_captions, images, beam_size=args.beam_size,
                       meteor=not args.no_meteor)
 
     s, u = after["results"]["student vs references"], before["results"]["student vs references"]
     samples = list(after["predictions"].items())[:5]
-    result = {"trained": s, "untrained": u, "total_seconds": total, "stage_seconds": times,
+    cider_ci = {"low": low, "high": high, "level": 0.95, "resamples": BOOTSTRAP_RESAMPLES,
+                "per_image_mean": sum(per_image.values()) / len(per_image)}
+    result = {"trained": s, "untrained": u, "trained_cider_d_bootstrap": cider_ci, "total_seconds": total,
+              "stage_seconds": times,
+              "reused": args.reuse and {"from": args.reuse, "stage_seconds": reused_seconds},
               "threads": torch.get_num_threads(), "train_images": args.train_images, "val_images": after["images"],
               "config": {"tee": "tee-tiny @128 px", "tee_steps": args.tee_steps, "fusion": args.fusion,
                          "pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
-                         "batch_size": args.batch_size, "mask_prob": args.mask_prob, "max_masked": args.max_masked,
+                         "embedding_rank": args.embedding_rank, "batch_size": args.batch_size, "mask_prob": args.mask_prob, "max_masked": args.max_masked,
                          "beam_size": args.beam_size,
                          "fusion_parameters": sum(p.numel() for n, p in trained.model.named_parameters()
                                                   if not n.startswith("tee."))},
-              "samples": [{"image_id": i, "student": p["caption"]} for i, p in samples], "work": work}
+              "samples": [{"image_id": i, "student": p["caption"]} for i, p in samples], "work": work,
+              "per_image_cider_d": per_image}
     names = [k for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D") if k in s]
     print("\n| student (held-out synthetic scenes) | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     print("| untrained (same architecture) | " + " | ".join(f"{u[k]:.3f}" for k in names) + " |")
     print("| trained end to end | " + " | ".join(f"{s[k]:.3f}" for k in names) + " |")
-    print(f"\nwall time {total / 60:.1f} min on {torch.get_num_threads()} threads, target CIDEr-D >= 1.0 "
+    print(f"\ntrained CIDEr-D {s['CIDEr-D']:.3f}, 95% bootstrap interval over {len(per_image)} held-out images "
+          f"[{low:.3f}, {high:.3f}] ({BOOTSTRAP_RESAMPLES} resamples)")
+    print(f"wall time {total / 60:.1f} min on {torch.get_num_threads()} threads, target CIDEr-D >= 1.0 "
           f"within 30 min: {'met' if s['CIDEr-D'] >= 1.0 and total <= 1800 else 'NOT met'}")
     print("stages (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     print(f"config: {json.dumps(result['config'])}")

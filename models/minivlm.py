@@ -10,6 +10,14 @@ normalised) -> linear -> hidden size -> LayerNorm -> dropout. Heads: masked-toke
 prediction (decoder tied to the word embeddings) and a 3-way contrastive head on
 [CLS] (matched / polluted caption / polluted tags).
 
+`embedding_rank` r factorises the word embedding (ALBERT style): a (V, r) table E then a
+bias-free r -> H projection P ((H, r) weight), V*r + r*H parameters instead of V*H. The
+decoder stays tied: logits = (h @ P) @ E^T + bias, and no (V, H) matrix exists anywhere.
+From a pretrained checkpoint the factors start as its embedding's truncated SVD; the
+relative (Frobenius) reconstruction error is in the trainer's run info. A BERT embedding
+is far from low-rank: for the bundled MiniLM-L6's 30,522 x 384 one the relative error is
+0.741 at rank 64, 0.582 at 128, 0.455 at 192 (what pre-training then has to make up).
+
 One directory holds everything inference needs: config.json (fusion config + the
 TEE's config), model.safetensors (fusion and TEE weights) and the tokenizer files.
 """
@@ -28,6 +36,7 @@ from models.tee import TEE, TEEConfig, is_tee_config
 
 BOX_DIMS = 6
 TIED = ("mlm.predictions.decoder.weight", "mlm.predictions.decoder.bias")
+WORD_EMBEDDINGS = "embeddings.word_embeddings"  # in BertModel
 MATCHED, POLLUTED_CAPTION, POLLUTED_TAGS = 0, 1, 2
 TASKS = ("pretraining", "captioning")
 
@@ -51,6 +60,7 @@ class MiniVLMConfig:
     cls_token_id: int = 101
     sep_token_id: int = 102
     mask_token_id: int = 103
+    embedding_rank: int | None = None  # factorised word embedding (V, r) x (r, H); None: the full (V, H) one
     init: str = "random"  # where the fusion weights started: a hub id, a directory, tiny[:<name>], random
     task: str = "pretraining"  # pretraining | captioning (set by pipelines.finetune_caption)
     tag_min_score: float = 0.2  # captioning: TEE regions at least this confident give the tags
@@ -67,6 +77,9 @@ class MiniVLMConfig:
             raise ValueError(f"tag_min_score must be in [0, 1], not {self.tag_min_score}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.embedding_rank is not None and not 1 <= self.embedding_rank <= self.hidden_size:
+            raise ValueError(f"embedding_rank must be in [1, hidden_size {self.hidden_size}], "
+                             f"not {self.embedding_rank}")
         if self.text_length > self.max_position_embeddings:
             raise ValueError(f"caption + tag tokens ({self.text_length}) exceed max_position_embeddings")
 
@@ -129,6 +142,71 @@ class RegionEmbedding(nn.Module):
         return self.dropout(self.norm(self.proj(torch.cat([features, boxes], dim=-1))))
 
 
+class FactorisedEmbedding(nn.Module):
+    """Word ids -> (..., H) through a (V, r) table and a bias-free r -> H projection.
+
+    Stands in for BertEmbeddings.word_embeddings, which only calls it on input ids."""
+
+    def __init__(self, vocab_size: int, rank: int, hidden: int, padding_idx: int | None = None):
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, rank, padding_idx=padding_idx)
+        self.projection = nn.Linear(rank, hidden, bias=False)  # weight (H, r)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.table(input_ids))
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """BERT's N(0, std) table (padding row zero) and a N(0, 1/r) projection, so that each
+        entry of the product E P^T is N(0, std^2) as in a full BERT embedding."""
+        nn.init.normal_(self.table.weight, std=std)
+        if self.table.padding_idx is not None:
+            with torch.no_grad():
+                self.table.weight[self.table.padding_idx].zero_()
+        nn.init.normal_(self.projection.weight, std=self.table.embedding_dim ** -0.5)
+
+    @torch.no_grad()
+    def init_from(self, weight: torch.Tensor) -> float:
+        """Factors from the truncated SVD of a full (V, H) embedding W: E = U_r sqrt(S_r), P = V_r sqrt(S_r),
+        so that E P^T is its best rank-r approximation. Returns ||W - E P^T||_F / ||W||_F.
+
+        The SVD comes from the eigendecomposition of the (H, H) Gram matrix W^T W in float64
+        (V_r and S_r^2), with U_r S_r = W V_r: seconds faster than an SVD of the (V, H) matrix,
+        and E P^T = W V_r V_r^T exactly, so the product does not inherit the Gram matrix's
+        squared condition number (only the split of scale between E and P could)."""
+        w = weight.detach().to(torch.float64)
+        values, vectors = torch.linalg.eigh(w.T @ w)  # ascending
+        r = self.table.embedding_dim
+        right = vectors[:, -r:].flip(-1)  # (H, r): V_r, largest singular value first
+        root = values[-r:].flip(-1).clamp_min(0).sqrt().sqrt()  # sqrt(S_r)
+        tiny = torch.finfo(torch.float64).tiny ** 0.5
+        table = (w @ right) / root.clamp_min(tiny)  # U_r S_r / sqrt(S_r) = U_r sqrt(S_r), (V, r)
+        self.table.weight.copy_(table.to(self.table.weight.dtype))
+        self.projection.weight.copy_((right * root).to(self.projection.weight.dtype))  # (H, r)
+        # from the factors as stored (float32), so a full rank shows float rounding, not exactly 0
+        approx = self.table.weight.to(torch.float64) @ self.projection.weight.to(torch.float64).T
+        return float(torch.linalg.matrix_norm(w - approx) / torch.linalg.matrix_norm(w))
+
+
+class FactorisedDecoder(nn.Module):
+    """The masked-token decoder tied to a FactorisedEmbedding: (..., H) -> (..., V) = (h @ P) @ E^T + bias.
+
+    It holds no weight of its own: the factors are read from the embedding each call (kept
+    outside the module tree, so the state dict names them once, under the embedding)."""
+
+    def __init__(self, embedding: FactorisedEmbedding, bias: nn.Parameter):
+        super().__init__()
+        self._embedding = (embedding,)  # a tuple: not registered as a submodule
+        self.bias = bias
+
+    @property
+    def embedding(self) -> FactorisedEmbedding:
+        return self._embedding[0]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        e = self.embedding
+        return F.linear(hidden @ e.projection.weight, e.table.weight, self.bias)  # (h P) E^T + b
+
+
 def box_positions(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 4) normalised xyxy -> (..., 6): x0, y0, x1, y1, width, height."""
     return torch.cat([boxes, boxes[..., 2:3] - boxes[..., 0:1], boxes[..., 3:4] - boxes[..., 1:2]], dim=-1)
@@ -151,9 +229,17 @@ class MiniVLM(nn.Module):
         self.regions = RegionEmbedding(config.region_feature_dim, config.hidden_size, config.layer_norm_eps,
                                        config.hidden_dropout)
         self.mlm = BertOnlyMLMHead(bert_config)
-        # tied as in BERT (transformers ties these only inside its PreTrainedModel wrappers)
-        self.mlm.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
-        self.mlm.predictions.decoder.bias = self.mlm.predictions.bias
+        self.embedding_init: dict | None = None  # build_student: how a factorised word embedding started (run info)
+        if config.embedding_rank is None:
+            # tied as in BERT (transformers ties these only inside its PreTrainedModel wrappers)
+            self.mlm.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+            self.mlm.predictions.decoder.bias = self.mlm.predictions.bias
+        else:
+            words = FactorisedEmbedding(config.vocab_size, config.embedding_rank, config.hidden_size,
+                                        padding_idx=config.pad_token_id)
+            words.reset_parameters(bert_config.initializer_range)
+            self.bert.embeddings.word_embeddings = words
+            self.mlm.predictions.decoder = FactorisedDecoder(words, self.mlm.predictions.bias)
         self.contrastive = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh(),
                                          nn.Linear(config.hidden_size, 3))
         self.tee = tee
@@ -322,6 +408,11 @@ def list_students() -> list[str]:
     return sorted(_STUDENTS)
 
 
+def registered_shape(name: str) -> dict:
+    """The MiniVLMConfig fields a registered name sets (the rest are MiniVLMConfig's defaults)."""
+    return dict(_STUDENTS[name])
+
+
 def tiny_name(init: str) -> str | None:
     """The registered shape a random `init` names (`tiny`, `random`, `tiny:<name>`), else None (a checkpoint)."""
     return registry.tiny_name(init, _STUDENTS, "student", _ALIASES)
@@ -406,15 +497,28 @@ def _build_student(init: str, tee: TEE, **overrides) -> tuple[MiniVLM, object]:
                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id)
     base = dict(region_feature_dim=tee.config.feature_dim, init=init, extractor_id=tee.extractor_id())
     if shape:
-        return MiniVLM(MiniVLMConfig(**{**base, **ids, **_STUDENTS[shape], **overrides}), tee), tokenizer
+        model = MiniVLM(MiniVLMConfig(**{**base, **ids, **_STUDENTS[shape], **overrides}), tee)
+        if model.config.embedding_rank is not None:
+            model.embedding_init = {"embedding_rank": model.config.embedding_rank, "init": "random"}
+        return model, tokenizer
     pretrained = _pretrained_bert(source, init)
     c = pretrained.config
     arch = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
                 num_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
                 max_position_embeddings=c.max_position_embeddings, layer_norm_eps=c.layer_norm_eps)
     model = MiniVLM(MiniVLMConfig(**{**base, **ids, **arch, **overrides}), tee)
-    missing, unexpected = model.bert.load_state_dict(pretrained.state_dict(), strict=False)
-    if unexpected or [k for k in missing if "position_ids" not in k]:
+    state = pretrained.state_dict()
+    words = WORD_EMBEDDINGS + ".weight"
+    if model.config.embedding_rank is not None and words in state:
+        factorised = model.bert.embeddings.word_embeddings
+        error = factorised.init_from(state.pop(words))
+        model.embedding_init = {"embedding_rank": model.config.embedding_rank, "init": f"truncated SVD of {init}",
+                                "relative_error": error}
+        factorised_keys = {f"{WORD_EMBEDDINGS}.{k}" for k in factorised.state_dict()}
+    else:
+        factorised_keys = set()
+    missing, unexpected = model.bert.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k and k not in factorised_keys]:
         raise ValueError(f"--init {init}: not a BERT-architecture checkpoint (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
     return model, tokenizer

@@ -41,6 +41,10 @@ def parse_args(argv):
                         "shape: 'tiny' (tests), 'tiny:<name>' (e.g. tiny:minivlm-l12-h384; 'random' is that one)")
     m.add_argument("--fusion", default=None, metavar="LAYERSxHIDDEN[xHEADS]",
                    help="with a random --init: the fusion's shape, e.g. 4x256 (heads default to hidden/64; FFN 4x)")
+    m.add_argument("--embedding-rank", type=int, default=None, metavar="R",
+                   help="factorise the fusion's word embedding: a (vocab, R) table and an R -> hidden projection, "
+                        "the masked-token decoder tied to both; from a checkpoint, its embedding's truncated SVD "
+                        "(default: the full vocab x hidden embedding)")
     m.add_argument("--max-caption-tokens", type=int, default=35)
     m.add_argument("--max-tag-tokens", type=int, default=15)
     m.add_argument("--max-regions", type=int, default=50)
@@ -71,6 +75,27 @@ def fusion_shape(spec: str | None, init: str) -> dict:
     return {"num_layers": layers, "hidden_size": hidden, "num_heads": heads, "intermediate_size": 4 * hidden}
 
 
+def check_embedding_rank(rank: int | None, hidden: int | None = None) -> None:
+    """--embedding-rank R: 1 <= R < the fusion's hidden size (UsageError otherwise; `hidden` once known)."""
+    if rank is None:
+        return
+    if rank < 1:
+        raise UsageError(f"--embedding-rank must be at least 1, not {rank}")
+    if hidden is not None and rank >= hidden:
+        raise UsageError(f"--embedding-rank {rank} must be below the fusion's hidden size {hidden} "
+                         "(a factorised embedding of that rank is no smaller than the full one)")
+
+
+def fusion_hidden_size(init: str, shape: dict) -> int | None:
+    """The hidden size of a random fusion (known before building it); None for a checkpoint."""
+    from models.minivlm import MiniVLMConfig, registered_shape, tiny_name
+
+    name = tiny_name(init)
+    if name is None:
+        return None
+    return shape.get("hidden_size", registered_shape(name).get("hidden_size", MiniVLMConfig.hidden_size))
+
+
 def check_inputs(args) -> None:
     """Folders of another kind than each flag takes, named as what they are (a labeling run as
     --corpus, a TEE as --init), before anything reads them as what they are not."""
@@ -91,6 +116,7 @@ def load_tee_flag(ref: str):
 def run(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        check_embedding_rank(args.embedding_rank)
         cfg, notes = preflight(args, PROG)
     except UsageError as e:
         return usage_error(PROG, e)
@@ -120,13 +146,26 @@ def run(argv: list[str] | None = None) -> int:
         check_shards(train_files + val_files)
         tee, tee_source = load_tee_flag(args.tee)
         tee.requires_grad_(False)  # frozen: the corpus holds its features already
-        model, tokenizer = build_student(args.init, tee, seed=args.seed, max_caption_tokens=args.max_caption_tokens,
-                                         max_tag_tokens=args.max_tag_tokens, max_regions=args.max_regions,
-                                         **fusion_shape(args.fusion, args.init))
+        shape = fusion_shape(args.fusion, args.init)
+        check_embedding_rank(args.embedding_rank, fusion_hidden_size(args.init, shape))
+        rank = {} if args.embedding_rank is None else {"embedding_rank": args.embedding_rank}
+        try:
+            model, tokenizer = build_student(args.init, tee, seed=args.seed, max_caption_tokens=args.max_caption_tokens,
+                                             max_tag_tokens=args.max_tag_tokens, max_regions=args.max_regions,
+                                             **shape, **rank)
+        except ValueError as e:
+            if rank and "embedding_rank" in str(e):  # a checkpoint's hidden size below the rank
+                raise UsageError(f"--embedding-rank {args.embedding_rank}: {e}") from None
+            raise
+        check_embedding_rank(args.embedding_rank, model.config.hidden_size)  # a checkpoint's, now known
         seen = check_extractors(train_files, model.config.extractor_id,
                                 allow_mismatch=args.allow_extractor_mismatch, tee=f"--tee {args.tee}")
     except Exception as e:  # noqa: BLE001 (one line for anything wrong with flags, corpus or models)
         return usage_error(PROG, e if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
+    if model.embedding_init is not None:
+        e = model.embedding_init
+        notes = [*notes, f"word embedding factorised at rank {e['embedding_rank']}: {e['init']}"
+                 + (f", relative reconstruction error {e['relative_error']:.4f}" if "relative_error" in e else "")]
     print_notes(PROG, notes)
     if args.check_only:
         return EXIT_OK
@@ -157,7 +196,8 @@ def run(argv: list[str] | None = None) -> int:
     trainer = Trainer(model, cfg, stream, collate, loss_fn, save_model=save,
                       evaluate=evaluate if val_files else None, signature=signature,
                       run_info={"job": "train_student", "corpus": args.corpus, "tee": tee_source,
-                                "init": args.init, "model": c.to_dict(), "objective": asdict(objective),
+                                "init": args.init, "model": c.to_dict(), "embedding_init": model.embedding_init,
+                                "objective": asdict(objective),
                                 "train_shards": len(train_files), "val_shards": len(val_files),
                                 "corpus_extractors": dict(seen)})
     return fit_and_report(trainer, "train_student")
