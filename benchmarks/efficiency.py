@@ -1,27 +1,39 @@
-"""MiniVLM vs its baseline, side by side in one process: parameters, FLOPs, latency per image.
+"""MiniVLM vs its baseline, side by side in one process: parameters, FLOPs, latency per image and per caption.
 
-    python -m benchmarks.efficiency [--json PATH] [--threads N] [--repeats N] [--device cpu|cuda]
+    python -m benchmarks.efficiency [--json PATH] [--threads N] [--busy N] [--regions 50] [--repeats N]
 
 Baseline (as in the MiniVLM paper): a bottom-up-attention Faster R-CNN, ResNet-101 C4
-(conv1..layer3 as the backbone at 600x1000, an RPN on its stride-16 map, all 300
-post-NMS proposals RoI-aligned to 14x14 and run through layer4 as the box head,
-class-aware NMS keeping ~50 regions with 2048-d features) + a BERT-base fusion (12 x 768)
-over 35 caption + 15 tag tokens + 50 regions of 2048+6 dims. MiniVLM: the TEE (tee-d0 at
-512) + the MiniLM fusion (12 x 384) over the same sequence with TEE features. Both sides
-use torchvision's detection pieces and the same region selection code.
+(conv1..layer3 as the backbone at 600x1000; its RPN as in bottom-up attention: a 3x3
+conv 1024 -> 512 and 12 anchors, 4 sizes (64, 128, 256, 512) x 3 ratios, on the stride-16
+map; all 300 post-NMS proposals RoI-aligned to 14x14 and run through layer4 as the box
+head; class-aware NMS; 2048-d region features) + a BERT-base fusion (12 x 768) over 35
+caption + 15 tag tokens + the regions. MiniVLM: the TEE (tee-d0 at 512) + the MiniLM
+fusion (12 x 384) over the same sequence with TEE features. Both sides use torchvision's
+detection pieces and the same region selection code.
 
-All weights are random: latency does not depend on weight values (the NMS inputs
-differ, but the kept count is fixed at 50 on both sides). Latency is batch 1, inference
-mode, warm-up excluded, the pairs measured interleaved (A B A B ...) so drift hits both;
-median and min-max over --repeats. FLOPs come from torch.utils.flop_counter (matmuls and
-convolutions; RoIAlign and NMS are not counted).
+Forced knobs (random weights): no class clears a score threshold, so each side would keep
+its own minimum of regions; both are forced to keep exactly --regions (min_regions =
+num_regions = N) and the benchmark checks that they did. A caption is raw image ->
+regions -> tags -> beam search (--beam 5, --max-length 20) with the same decoding code
+(models.captioning.StudentCaptioner) on both sides; [SEP] is banned so that every
+caption runs exactly --max-length steps on both sides (random weights would otherwise end
+captions at unpredictable lengths). The steps each side decoded are reported.
+
+Latency is batch 1, inference mode, warm-up excluded, every part measured interleaved
+(A B A B ...) so drift hits both; median and min-max over --repeats. --busy N runs N
+CPU-bound processes beside the warm-up and the timed section (a busy machine on purpose).
+FLOPs come from torch.utils.flop_counter (matmuls and convolutions; RoIAlign and NMS
+are not counted).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -33,23 +45,53 @@ from torch import nn
 PAPER = {"size": -73.0, "time": -94.0, "vision_time": -95.0}
 TARGETS = {"params_ratio": 0.27, "time_ratio": 0.06, "vision_time_ratio": 0.05}
 CAPTION, TAGS, REGIONS = 35, 15, 50
+BUSY_CODE = "while True: pass"
+
+
+class BUARPNHead(nn.Module):
+    """The bottom-up-attention RPN head (Caffe rpn_conv/3x3 + rpn_cls_score + rpn_bbox_pred) in
+    torchvision's interface: features -> (objectness per level, box deltas per level).
+
+    A 3x3 conv in_channels -> 512 + ReLU, then 1x1 convs to one objectness logit per anchor
+    (torchvision's sigmoid form of Caffe's 2-way softmax) and 4 deltas per anchor."""
+
+    def __init__(self, in_channels: int = 1024, mid_channels: int = 512, num_anchors: int = 12):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
+        self.cls_logits = nn.Conv2d(mid_channels, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(mid_channels, num_anchors * 4, 1)
+        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = [], []
+        for x in features:
+            t = F.relu(self.conv(x))
+            logits.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
+        return logits, deltas
 
 
 class BaselineVision(nn.Module):
-    """Faster R-CNN ResNet-101 C4, bottom-up-attention style: image -> 50 regions x 2048-d."""
+    """Faster R-CNN ResNet-101 C4, bottom-up-attention style: image -> `regions` regions x 2048-d."""
+
+    ANCHOR_SIZES = (64, 128, 256, 512)  # bottom-up attention: ANCHOR_SCALES 4, 8, 16, 32 x feature stride 16
+    ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
     def __init__(self, num_classes: int = 1600, proposals: int = 300, regions: int = REGIONS):
         super().__init__()
         from torchvision.models import resnet101
         from torchvision.models.detection._utils import BoxCoder
         from torchvision.models.detection.anchor_utils import AnchorGenerator
-        from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+        from torchvision.models.detection.rpn import RegionProposalNetwork
         from torchvision.ops import RoIAlign
 
         r = resnet101(zero_init_residual=True)  # random but with sane activations: boxes stay finite
         self.body = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3)  # stride 16
-        anchors = AnchorGenerator(((32, 64, 128, 256, 512),), ((0.5, 1.0, 2.0),))
-        self.rpn = RegionProposalNetwork(anchors, RPNHead(1024, 15), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+        anchors = AnchorGenerator((self.ANCHOR_SIZES,), (self.ASPECT_RATIOS,))
+        head = BUARPNHead(1024, 512, anchors.num_anchors_per_location()[0])
+        self.rpn = RegionProposalNetwork(anchors, head, fg_iou_thresh=0.7, bg_iou_thresh=0.3,
                                          batch_size_per_image=256, positive_fraction=0.5,
                                          pre_nms_top_n=dict(training=12000, testing=6000),
                                          post_nms_top_n=dict(training=2000, testing=proposals), nms_thresh=0.7)
@@ -62,7 +104,8 @@ class BaselineVision(nn.Module):
 
     @torch.inference_mode()
     def extract(self, image: torch.Tensor) -> dict:
-        """(3, H, W) uint8 -> regions (shorter side resized to 600, longer to at most 1000)."""
+        """(3, H, W) uint8 -> regions (shorter side resized to 600, longer to at most 1000); boxes in
+        resized pixels, "size" the resized (h, w)."""
         from torchvision.models.detection.image_list import ImageList
 
         from models.tee import select_regions
@@ -78,8 +121,9 @@ class BaselineVision(nn.Module):
         pooled = self.head(roi).mean(dim=(2, 3))  # (300, 2048)
         logits, deltas = self.cls_score(pooled), self.bbox_pred(pooled)
         boxes = self.box_coder.decode(deltas, proposals)  # (300, K+1, 4)
-        return select_regions(boxes, F.softmax(logits, -1), pooled, size, candidate_thresh=0.01, nms_thresh=0.3,
-                              score_thresh=0.2, min_regions=self.regions, num_regions=self.regions)
+        out = select_regions(boxes, F.softmax(logits, -1), pooled, size, candidate_thresh=0.01, nms_thresh=0.3,
+                             score_thresh=0.2, min_regions=self.regions, num_regions=self.regions)
+        return {**out, "size": size}
 
 
 def fusion_inputs(model, regions: dict, device) -> dict:
@@ -108,19 +152,27 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def build(device: str, classes: int):
+def class_names(classes: int) -> tuple[tuple[str, str], ...]:
+    return tuple((f"/c/{i}", f"class {i}") for i in range(classes))
+
+
+def build(device: str, classes: int, regions: int = REGIONS, tokenizer=None, proposals: int = 300):
+    """(baseline vision, BERT-base fusion, TEE, MiniLM fusion with the TEE attached), all random, both
+    fusions captioning-ready and holding `regions` regions."""
     from models.minivlm import MiniVLM, MiniVLMConfig
     from models.tee import build_tee
 
-    names = tuple((f"/c/{i}", f"class {i}") for i in range(classes))
+    ids = {} if tokenizer is None else dict(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id)
+    shared = dict(max_caption_tokens=CAPTION, max_tag_tokens=TAGS, max_regions=regions, task="captioning", **ids)
     torch.manual_seed(0)
-    base_vision = BaselineVision(num_classes=classes).eval().to(device)
+    base_vision = BaselineVision(num_classes=classes, proposals=proposals, regions=regions).eval().to(device)
     base_fusion = MiniVLM(MiniVLMConfig(hidden_size=768, num_heads=12, intermediate_size=3072,
-                                        region_feature_dim=2048, max_caption_tokens=CAPTION,
-                                        max_tag_tokens=TAGS, max_regions=REGIONS)).eval().to(device)
-    tee = build_tee("tee-d0", classes=names).eval().to(device)
-    fusion = MiniVLM(MiniVLMConfig(region_feature_dim=tee.config.feature_dim, max_caption_tokens=CAPTION,
-                                   max_tag_tokens=TAGS, max_regions=REGIONS)).eval().to(device)
+                                        region_feature_dim=2048, **shared)).eval().to(device)
+    # random weights clear no score threshold: force the TEE to keep exactly `regions`, like the baseline
+    tee = build_tee("tee-d0", classes=class_names(classes), min_regions=regions, num_regions=regions)
+    fusion = MiniVLM(MiniVLMConfig(region_feature_dim=tee.config.feature_dim, **shared), tee).eval().to(device)
     return base_vision, base_fusion, tee, fusion
 
 
@@ -129,16 +181,80 @@ def _fusion_params(m) -> int:
     return count(m.bert) + count(m.regions)
 
 
+def supports_cache() -> bool:
+    """Whether StudentCaptioner decodes with a `cache` switch (cached incremental decoding)."""
+    from models.captioning import StudentCaptioner
+
+    return all("cache" in inspect.signature(f).parameters
+               for f in (StudentCaptioner.__call__, StudentCaptioner.caption_regions))
+
+
+@contextlib.contextmanager
+def busy_cpu(n: int):
+    """N CPU-bound child processes for the duration; always killed (and reaped) on the way out."""
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", BUSY_CODE], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        if procs:
+            time.sleep(0.5)  # let them start spinning before anything is timed
+        yield procs
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+        for p in procs:
+            p.wait()
+
+
+class StepCounter:
+    """Counts calls of a model's masked-token head: one per decoding step (a step scores all beams at once)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self.handle = model.mlm.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+    def __call__(self, fn):
+        def counted():
+            self.calls = 0
+            out = fn()
+            counted.steps.append(self.calls)
+            return out
+
+        counted.steps = []
+        return counted
+
+
 def run(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.efficiency", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.efficiency", description=__doc__.splitlines()[0],
+                                 allow_abbrev=False)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--busy", type=int, default=0,
+                    help="CPU-bound processes to run beside the warm-up and the timed section")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--classes", type=int, default=1600, help="detector classes on both sides (Visual Genome: 1600)")
+    ap.add_argument("--regions", type=int, default=REGIONS, help="regions both sides keep (forced)")
     ap.add_argument("--image", default="480x640", help="HxW of the test photo")
+    ap.add_argument("--proposals", type=int, default=300,
+                    help="baseline RPN proposals through layer4 (300 as in bottom-up attention's test setting; "
+                         "fewer only to keep tests fast)")
+    ap.add_argument("--beam", type=int, default=5, help="caption beam size, both sides")
+    ap.add_argument("--max-length", type=int, default=20, help="caption tokens, both sides (every caption runs them all)")
+    ap.add_argument("--no-caption", action="store_true", help="skip the whole-caption timings")
+    ap.add_argument("--no-uncached-baseline", action="store_true",
+                    help="skip the baseline's uncached caption (the slowest part)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.regions < 1 or args.busy < 0 or args.repeats < 1 or args.warmup < 0 or args.proposals < args.regions:
+        ap.error("--regions and --repeats must be >= 1, --busy and --warmup >= 0, --proposals >= --regions")
+    if not 1 <= args.max_length <= CAPTION:
+        ap.error(f"--max-length must be in [1, {CAPTION}]")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
@@ -148,7 +264,13 @@ def run(argv=None) -> dict:
     h, w = (int(v) for v in args.image.lower().split("x"))
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
-    base_vision, base_fusion, tee, fusion = build(device, args.classes)
+    from models.captioning import StudentCaptioner, tags_from_regions
+    from models.minivlm import bundled_bert_dir, load_tokenizer
+
+    tokenizer = load_tokenizer(bundled_bert_dir())
+    base_vision, base_fusion, tee, fusion = build(device, args.classes, args.regions, tokenizer,
+                                                args.proposals)
+    names = [n for _, n in class_names(args.classes)]
     img_chw = image.permute(2, 0, 1).to(device)
     img_hwc = image.numpy()
 
@@ -158,8 +280,51 @@ def run(argv=None) -> dict:
     def tee_vision():
         return tee.detect(tee.prepare([img_hwc]))[0]
 
-    base_inputs = fusion_inputs(base_fusion, baseline_vision(), device)
-    mini_inputs = fusion_inputs(fusion, tee_vision(), device)
+    base_regions, tee_regions = baseline_vision(), tee_vision()
+    counts = {"baseline": len(base_regions["features"]), "minivlm": len(tee_regions["features"])}
+    if counts != {"baseline": args.regions, "minivlm": args.regions}:
+        raise RuntimeError(f"efficiency: both sides must keep {args.regions} regions, kept {counts}")
+    base_inputs = fusion_inputs(base_fusion, base_regions, device)
+    mini_inputs = fusion_inputs(fusion, tee_regions, device)
+
+    parts = {
+        "baseline_vision": baseline_vision,
+        "tee": tee_vision,
+        "baseline_fusion": lambda: base_fusion.encode(**base_inputs),
+        "minivlm_fusion": lambda: fusion.encode(**mini_inputs),
+    }
+    single = list(parts)  # one forward pass each: FLOPs are counted for these
+    cache = supports_cache()
+    forced_length = False
+    steps: dict[str, list[int]] = {}
+    if not args.no_caption:
+        mini_cap = StudentCaptioner(fusion, tokenizer, source="benchmark")
+        base_cap = StudentCaptioner(base_fusion, tokenizer, source="benchmark")
+        for cap in (mini_cap, base_cap):  # ban [SEP]: every caption decodes exactly max_length steps
+            if isinstance(getattr(cap, "banned", None), list):
+                cap.banned = sorted({*cap.banned, cap.config.sep_token_id})
+                forced_length = True
+
+        def baseline_caption(**kw):
+            reg = baseline_vision()
+            rh, rw = reg["size"]
+            boxes = (reg["boxes"].float().cpu() / torch.tensor([rw, rh, rw, rh])).clamp(0, 1).numpy()
+            tags = tags_from_regions([names[k - 1] for k in reg["classes"].tolist()], reg["scores"].tolist(),
+                                     base_cap.config.tag_min_score)
+            return base_cap.caption_regions([reg["features"].float().cpu().numpy()], [boxes], [tags],
+                                            beam_size=args.beam, max_length=args.max_length, **kw)[0]
+
+        def minivlm_caption(**kw):
+            return mini_cap([img_hwc], beam_size=args.beam, max_length=args.max_length, **kw)[0]
+
+        base_steps, mini_steps = StepCounter(base_fusion), StepCounter(fusion)
+        on = {"cache": True} if cache else {}
+        parts["baseline_caption"] = base_steps(lambda: baseline_caption(**on))
+        parts["minivlm_caption"] = mini_steps(lambda: minivlm_caption(**on))
+        if cache:
+            parts["minivlm_caption_uncached"] = mini_steps(lambda: minivlm_caption(cache=False))
+            if not args.no_uncached_baseline:
+                parts["baseline_caption_uncached"] = base_steps(lambda: baseline_caption(cache=False))
 
     def timed(fn):
         sync()
@@ -169,23 +334,25 @@ def run(argv=None) -> dict:
         sync()
         return (time.perf_counter() - t0) * 1000
 
-    parts = {
-        "baseline_vision": baseline_vision,
-        "baseline_fusion": lambda: base_fusion.encode(**base_inputs),
-        "tee": tee_vision,
-        "minivlm_fusion": lambda: fusion.encode(**mini_inputs),
-    }
-    for _ in range(args.warmup):
-        for fn in parts.values():
-            timed(fn)
     times = {k: [] for k in parts}
-    for _ in range(args.repeats):  # interleaved: A B A B ...
-        for k, fn in parts.items():
-            times[k].append(timed(fn))
+    with busy_cpu(args.busy) as procs:
+        busy_pids = [p.pid for p in procs]
+        busy_alive = sum(p.poll() is None for p in procs)
+        for _ in range(args.warmup):
+            for fn in parts.values():
+                timed(fn)
+        for _ in range(args.repeats):  # interleaved: A B A B ...
+            for k, fn in parts.items():
+                times[k].append(timed(fn))
+        busy_alive = min(busy_alive, sum(p.poll() is None for p in procs))  # still running at the end
     med = {k: statistics.median(v) for k, v in times.items()}
     with torch.inference_mode():
-        gf = {k: flops(fn) / 1e9 for k, fn in parts.items()}
+        gf = {k: flops(parts[k]) / 1e9 for k in single}
+    for k, fn in parts.items():
+        if hasattr(fn, "steps"):
+            steps[k] = sorted(set(fn.steps))
 
+    threads = torch.get_num_threads()
     r = {
         "baseline_params": count(base_vision) + _fusion_params(base_fusion),
         "minivlm_params": count(tee) + _fusion_params(fusion),
@@ -195,13 +362,37 @@ def run(argv=None) -> dict:
         "baseline_vision_ms": med["baseline_vision"], "tee_ms": med["tee"],
         "baseline_fusion_ms": med["baseline_fusion"], "minivlm_fusion_ms": med["minivlm_fusion"],
         "baseline_gflops": gf["baseline_vision"] + gf["baseline_fusion"], "minivlm_gflops": gf["tee"] + gf["minivlm_fusion"],
+        "baseline_regions": counts["baseline"], "minivlm_regions": counts["minivlm"],
+        "threads": threads, "busy": args.busy,
         "gflops_by_part": gf, "ms_by_part": {k: {"median": med[k], "min": min(v), "max": max(v)} for k, v in times.items()},
-        "settings": {"device": device, "threads": torch.get_num_threads(), "repeats": args.repeats,
-                     "image": args.image, "classes": args.classes, "regions": REGIONS,
+        "settings": {"device": device, "threads": threads, "interop_threads": torch.get_num_interop_threads(),
+                     "busy_processes": args.busy, "busy_pids": busy_pids, "busy_alive": busy_alive,
+                     "repeats": args.repeats, "warmup": args.warmup,
+                     "image": args.image, "proposals": args.proposals,
+                     "classes": args.classes, "regions": args.regions,
                      "tokens": {"caption": CAPTION, "tags": TAGS}, "weights": "random (timing does not depend on them)",
-                     "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                     "forced": {"regions": f"min_regions = num_regions = {args.regions} on both sides (random weights "
+                                           "clear no score threshold)",
+                                "caption_length": (f"[SEP] banned: every caption decodes {args.max_length} steps"
+                                                   if forced_length else "not forced (decoded steps reported)")},
+                     "machine": f"{platform.processor() or platform.machine()}, {threads} threads",
                      "torch": torch.__version__},
     }
+    if not args.no_caption:
+        r["baseline_caption_ms"] = med["baseline_caption"]
+        r["minivlm_caption_ms"] = med["minivlm_caption"]
+        r["caption_ratio"] = r["minivlm_caption_ms"] / r["baseline_caption_ms"]
+        if "minivlm_caption_uncached" in med:
+            r["minivlm_caption_uncached_ms"] = med["minivlm_caption_uncached"]
+            r["minivlm_cache_speedup"] = r["minivlm_caption_uncached_ms"] / r["minivlm_caption_ms"]
+        if "baseline_caption_uncached" in med:
+            r["baseline_caption_uncached_ms"] = med["baseline_caption_uncached"]
+            r["baseline_cache_speedup"] = r["baseline_caption_uncached_ms"] / r["baseline_caption_ms"]
+            r["caption_uncached_ratio"] = r["minivlm_caption_uncached_ms"] / r["baseline_caption_uncached_ms"]
+        r["caption_steps"] = steps
+        r["settings"]["caption"] = {"beam": args.beam, "max_length": args.max_length, "cache": cache,
+                                    "forced_length": forced_length,
+                                    "decoding": "models.captioning.StudentCaptioner, both sides"}
     r["params_ratio"] = r["minivlm_params"] / r["baseline_params"]
     r["time_ratio"] = r["minivlm_ms"] / r["baseline_ms"]
     r["vision_time_ratio"] = r["tee_ms"] / r["baseline_vision_ms"]
@@ -221,12 +412,16 @@ def table(r: dict, times: dict) -> str:
         return f"{min(times[k]):.0f}-{max(times[k]):.0f}"
 
     s = r["settings"]
+    busy = f"--busy {s['busy_processes']} (CPU-bound processes beside it)" if s["busy_processes"] else "quiet (--busy 0)"
     rows = [
-        f"Random weights; {s['device']}, {s['threads']} threads, batch 1, image {s['image']}, "
-        f"median of {s['repeats']} interleaved repeats.",
+        f"Random weights; {s['device']}, {s['threads']} threads, {busy}; batch 1, image {s['image']}, "
+        f"median (min-max) of {s['repeats']} interleaved repeats. Forced: {s['regions']} regions on both sides"
+        + (f"; captions of exactly {s['caption']['max_length']} steps (beam {s['caption']['beam']}, [SEP] banned)"
+           if s.get("caption", {}).get("forced_length") else "") + ".",
         "",
         "| | baseline (R101-C4 Faster R-CNN + BERT-base) | MiniVLM (TEE + MiniLM-12x384) | change | paper | target |",
         "|---|---:|---:|---:|---:|---|",
+        f"| regions per image (forced) | {r['baseline_regions']} | {r['minivlm_regions']} | | | |",
         f"| parameters, vision | {r['baseline_vision_params'] / 1e6:.1f} M | {r['tee_params'] / 1e6:.1f} M | "
         f"{pct(r['tee_params'] / r['baseline_vision_params'])} | | |",
         f"| parameters, fusion | {r['baseline_fusion_params'] / 1e6:.1f} M | {r['minivlm_fusion_params'] / 1e6:.1f} M | "
@@ -239,11 +434,34 @@ def table(r: dict, times: dict) -> str:
         f"| vision ms | {r['baseline_vision_ms']:.0f} ({spread('baseline_vision')}) | {r['tee_ms']:.0f} "
         f"({spread('tee')}) | {pct(r['vision_time_ratio'])} | {PAPER['vision_time']:+.0f}% | <= 5%: "
         f"{'met' if r['targets_met']['vision_time_ratio'] else 'missed'} |",
-        f"| fusion ms | {r['baseline_fusion_ms']:.1f} ({spread('baseline_fusion')}) | {r['minivlm_fusion_ms']:.1f} "
-        f"({spread('minivlm_fusion')}) | {pct(r['minivlm_fusion_ms'] / r['baseline_fusion_ms'])} | | |",
-        f"| total ms | {r['baseline_ms']:.0f} | {r['minivlm_ms']:.0f} | {pct(r['time_ratio'])} | "
-        f"{PAPER['time']:+.0f}% | <= 6%: {'met' if r['targets_met']['time_ratio'] else 'missed'} |",
+        f"| fusion ms (one pass) | {r['baseline_fusion_ms']:.1f} ({spread('baseline_fusion')}) | "
+        f"{r['minivlm_fusion_ms']:.1f} ({spread('minivlm_fusion')}) | "
+        f"{pct(r['minivlm_fusion_ms'] / r['baseline_fusion_ms'])} | | |",
+        f"| total ms (vision + one fusion pass) | {r['baseline_ms']:.0f} | {r['minivlm_ms']:.0f} | "
+        f"{pct(r['time_ratio'])} | {PAPER['time']:+.0f}% | <= 6%: {'met' if r['targets_met']['time_ratio'] else 'missed'} |",
     ]
+    if "baseline_caption_ms" in r:
+        c = s["caption"]
+        st = r["caption_steps"]
+
+        def steps(k):
+            return "/".join(map(str, st.get(k, []))) or "?"
+
+        label = "cached" if c["cache"] else "no cache in this build"
+        rows.append(f"| decoding steps per caption (beam {c['beam']}) | {steps('baseline_caption')} | "
+                    f"{steps('minivlm_caption')} | | | |")
+        rows.append(f"| caption ms, image -> caption ({label}) | {r['baseline_caption_ms']:.0f} "
+                    f"({spread('baseline_caption')}) | {r['minivlm_caption_ms']:.0f} ({spread('minivlm_caption')}) | "
+                    f"{pct(r['caption_ratio'])} | | |")
+        if "minivlm_caption_uncached_ms" in r:
+            base_u = (f"{r['baseline_caption_uncached_ms']:.0f} ({spread('baseline_caption_uncached')})"
+                      if "baseline_caption_uncached_ms" in r else "not measured")
+            change = pct(r["caption_uncached_ratio"]) if "caption_uncached_ratio" in r else ""
+            rows.append(f"| caption ms, uncached | {base_u} | {r['minivlm_caption_uncached_ms']:.0f} "
+                        f"({spread('minivlm_caption_uncached')}) | {change} | | |")
+            base_x = f"{r['baseline_cache_speedup']:.2f}x" if "baseline_cache_speedup" in r else ""
+            rows.append(f"| cache speed-up per caption (uncached / cached) | {base_x} | "
+                        f"{r['minivlm_cache_speedup']:.2f}x | | | |")
     return "\n".join(rows)
 
 
