@@ -18,7 +18,7 @@ import sys
 
 # Only light imports up here: --help and flag errors must not wait for torch
 # (models.* and the image readers are imported in run(), after the flags are checked).
-from pipelines.cli import EXIT_FAILED, EXIT_OK, CommandParser, UsageError, check_device, usage_error
+from pipelines.cli import EXIT_FAILED, EXIT_OK, CommandParser, UsageError, add_decoding_flags, check_device, usage_error
 
 PROG = "caption"
 
@@ -27,12 +27,7 @@ def parser() -> CommandParser:
     ap = CommandParser(prog="python -m pipelines.caption", description=__doc__.splitlines()[0])
     ap.add_argument("images", nargs="+", help="image files, globs (quote them) or folders; local, gs://, s3://")
     ap.add_argument("--checkpoint", required=True, help="a pipelines.finetune_caption output (CKPT2 or CKPT2/model)")
-    ap.add_argument("--num-beams", "--beam-size", dest="num_beams", type=int, default=5,
-                    help="beam width (alias: --beam-size, kept for compatibility)")
-    ap.add_argument("--max-new-tokens", "--max-length", dest="max_new_tokens", type=int, default=20,
-                    help="at most this many word pieces per caption (alias: --max-length, kept for compatibility)")
-    ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
-    ap.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    add_decoding_flags(ap)
     ap.add_argument("--json", action="store_true", help="JSON lines on stdout: path, caption, score, tags")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA if present)")
     ap.add_argument("--io-threads", type=int, default=8, help="images read and decoded in parallel")

@@ -31,7 +31,16 @@ import os
 import sys
 
 # Only light imports up here: --help and flag errors must not wait for torch or pycocoevalcap.
-from pipelines.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandParser, UsageError, check_device, usage_error
+from pipelines.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandParser,
+    UsageError,
+    add_decoding_flags,
+    check_device,
+    usage_error,
+)
 from pipelines.data import storage
 
 PROG = "evaluate_captions"
@@ -55,12 +64,7 @@ def parser() -> CommandParser:
     ap.add_argument("--teacher-labels", help="labels table of the same images: with --checkpoint adds "
                                              "student-vs-teacher rows; alone scores the teacher's captions")
     ap.add_argument("--output", help="write caption_eval.json and predictions.jsonl (or teacher_captions.jsonl) here")
-    ap.add_argument("--num-beams", "--beam-size", dest="num_beams", type=int, default=5,
-                    help="beam width (alias: --beam-size, kept for compatibility)")
-    ap.add_argument("--max-new-tokens", "--max-length", dest="max_new_tokens", type=int, default=20,
-                    help="at most this many word pieces per caption (alias: --max-length, kept for compatibility)")
-    ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
-    ap.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    add_decoding_flags(ap)
     ap.add_argument("--limit", type=int, default=None, help="evaluate on the first N images (by id)")
     ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java process is the slow part)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA if present)")

@@ -161,3 +161,14 @@ def check_device(device: str, *, local: bool = True) -> None:
     index = int(device[5:]) if ":" in device else 0
     if index >= torch.cuda.device_count():
         raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def add_decoding_flags(ap: argparse.ArgumentParser) -> None:
+    """The student's decoding flags, one spelling for every command that captions with it
+    (the teachers' --num-beams / --max-new-tokens mean the same; docs/cli.md)."""
+    ap.add_argument("--num-beams", "--beam-size", dest="num_beams", type=int, default=5,
+                    help="beam width (alias: --beam-size, kept for compatibility)")
+    ap.add_argument("--max-new-tokens", "--max-length", dest="max_new_tokens", type=int, default=20,
+                    help="at most this many word pieces per caption (alias: --max-length, kept for compatibility)")
+    ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
+    ap.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
