@@ -19,19 +19,23 @@ REGIONS = [3, 11, 1, 20, 6]  # padded to 20 in one batch; one image with a singl
 TAGS = [["dog", "grass"], [], ["person"], ["car", "road", "sky", "tree", "person", "dog"], ["tree"]]  # 2, 0, 1, 6 tokens
 
 
-@pytest.fixture(scope="module")
-def captioner(tee):  # noqa: F811  (the imported fixture)
+def shaken_captioner(tee_model, source: str = "tiny-random test", **overrides) -> StudentCaptioner:
     """A tiny student whose random weights are shaken (fixed seed) so that logits are far from
     uniform and [SEP] competes: some captions end early, some run to MAX_LENGTH, beams disagree."""
-    model, tok = build_student("tiny", tee, seed=3, task="captioning", max_caption_tokens=12, max_tag_tokens=6,
-                               max_regions=20)
+    model, tok = build_student("tiny", tee_model, seed=3, task="captioning", max_caption_tokens=12, max_tag_tokens=6,
+                               max_regions=20, **overrides)
     noise = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not name.startswith("tee."):
                 p.add_(torch.randn(p.shape, generator=noise) * 0.1)
         model.mlm.predictions.bias[model.config.sep_token_id] += 2.0
-    return StudentCaptioner(model.eval(), tok, "tiny-random test")
+    return StudentCaptioner(model.eval(), tok, source)
+
+
+@pytest.fixture(scope="module")
+def captioner(tee):  # noqa: F811  (the imported fixture)
+    return shaken_captioner(tee)
 
 
 def _steps(captioner, device="cpu"):
@@ -104,7 +108,10 @@ def test_cached_decoding_on_cuda(captioner):
     cached, uncached = _steps(captioner, "cuda")
     try:
         n = len(REGIONS)
-        _same(greedy_search(cached, n, MAX_LENGTH), greedy_search(uncached, n, MAX_LENGTH))
-        _same(beam_search(cached, n, 5, MAX_LENGTH), beam_search(uncached, n, 5, MAX_LENGTH))
+        greedy = greedy_search(cached, n, MAX_LENGTH)
+        beams = beam_search(cached, n, 5, MAX_LENGTH)
+        assert cached.device.type == "cuda" and len(greedy) == len(beams) == n
+        _same(greedy, greedy_search(uncached, n, MAX_LENGTH))
+        _same(beams, beam_search(uncached, n, 5, MAX_LENGTH))
     finally:
         captioner.model.to("cpu")

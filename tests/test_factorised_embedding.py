@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from models.captioning import StudentCaptioner, beam_search, greedy_search
+from models.captioning import beam_search, greedy_search
 from models.minivlm import FactorisedEmbedding, MiniVLM, build_student, bundled_bert_dir
 from pipelines.finetune_caption import run as finetune
 from pipelines.train_student import run as train_student
-from tests.test_cached_decoding import MAX_LENGTH, REGIONS, TAGS, _same, _steps
+from tests.test_cached_decoding import MAX_LENGTH, REGIONS, TAGS, _same, _steps, shaken_captioner
 from tests.test_captioning import _contexts, _finetune_args, tee  # noqa: F401  (tee: the tiny TEE fixture)
 from tests.test_student import write_corpus
 
@@ -135,15 +135,7 @@ def test_svd_init_from_the_bundled_minilm_at_rank_128(tee, minilm_embedding):  #
 @pytest.fixture(scope="module")
 def captioner(tee):  # noqa: F811
     """As tests.test_cached_decoding's, with a factorised embedding."""
-    model, tok = build_student("tiny", tee, seed=3, task="captioning", max_caption_tokens=12, max_tag_tokens=6,
-                               max_regions=20, embedding_rank=RANK)
-    noise = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith("tee."):
-                p.add_(torch.randn(p.shape, generator=noise) * 0.1)
-        model.mlm.predictions.bias[model.config.sep_token_id] += 2.0
-    return StudentCaptioner(model.eval(), tok, "tiny-random factorised test")
+    return shaken_captioner(tee, "tiny-random factorised test", embedding_rank=RANK)
 
 
 @torch.no_grad()

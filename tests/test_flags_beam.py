@@ -20,9 +20,9 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.help_probe import run_help
 
 COMMANDS = ("pseudo_label", "extract_features", "build_corpus")
-HEAVY = ("torch", "apache_beam", "transformers")
 FAST = ["--num-captions", "1", "--num-beams", "1", "--max-new-tokens", "4"]
 LABEL = ["--runner", "DirectRunner", "--captioner", "tiny", "--tagger", "tiny", *FAST, "--limit", "2"]
 EXTRACT = ["--runner", "DirectRunner", "--tee", "tiny", "--limit", "2"]
@@ -79,23 +79,10 @@ def refuse_all(command, mistakes, output):
 
 # ---- --help: fast, nothing heavy, defaults shown -----------------------------------------
 
-HELP_PROBE = f"""
-import json, runpy, sys
-module = sys.argv[1]
-sys.argv = [module, "--help"]
-try:
-    runpy.run_module(module, run_name="__main__")
-except SystemExit as e:
-    code = e.code
-print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}), file=sys.stderr)
-"""
-
-
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_loads_no_torch_beam_or_transformers_and_shows_defaults(command):
-    proc = subprocess.run([sys.executable, "-c", HELP_PROBE, f"pipelines.{command}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
-    assert json.loads(proc.stderr.splitlines()[-1]) == {"code": 0, "heavy": []}, proc.stderr[-2000:]
+    probe, proc = run_help(command)
+    assert probe == {"code": 0, "heavy": []}, proc.stderr[-2000:]
     text = " ".join(proc.stdout.split())  # help wraps at the terminal's width
     assert "(default: zstd)" in text and "must be an Apache Beam pipeline option" in text
 

@@ -18,10 +18,10 @@ from models.minivlm import build_student
 from models.tee import load_tee
 from pipelines import caption, evaluate_captions, evaluate_tags, evaluate_tee, report
 from tests.conftest import REPO
+from tests.help_probe import run_help
 from tests.test_evaluate_tags import write_pair
 
 COMMANDS = ("caption", "evaluate_captions", "evaluate_tee", "report", "evaluate_tags")
-HEAVY = ("torch", "transformers", "apache_beam")
 SAMPLE_IMAGE = os.path.join(REPO, "data", "sample", "images", "1f24cea80c3e0691.jpg")
 
 
@@ -87,23 +87,9 @@ def succeeds(command, argv, capsys):
 
 # ---- --help: fast, with defaults ------------------------------------------------------------
 
-HELP_PROBE = f"""
-import json, runpy, sys
-module = sys.argv[1]
-sys.argv = [module, "--help"]
-try:
-    runpy.run_module(module, run_name="__main__")
-except SystemExit as e:
-    code = e.code
-print(json.dumps({{"code": code, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}), file=sys.stderr)
-"""
-
-
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_loads_no_torch_beam_or_transformers_and_shows_defaults(command):
-    proc = subprocess.run([sys.executable, "-c", HELP_PROBE, f"pipelines.{command}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=False)
-    probe = json.loads(proc.stderr.splitlines()[-1])
+    probe, proc = run_help(command)
     assert probe == {"code": 0, "heavy": []}, proc.stderr[-2000:]
     assert "(default: " in proc.stdout
 
