@@ -1,6 +1,7 @@
 """MiniVLM vs its baseline, side by side in one process: parameters, FLOPs, latency per image and per caption.
 
     python -m benchmarks.efficiency [--json PATH] [--threads N] [--busy N] [--regions 50] [--repeats N]
+    python -m benchmarks.efficiency --study [--repeats 11] [--json PATH]   # why a busy CPU hurts
 
 Baseline (as in the MiniVLM paper): a bottom-up-attention Faster R-CNN, ResNet-101 C4
 (conv1..layer3 as the backbone at 600x1000; its RPN as in bottom-up attention: a 3x3
@@ -24,6 +25,11 @@ Latency is batch 1, inference mode, warm-up excluded, every part measured interl
 CPU-bound processes beside the warm-up and the timed section (a busy machine on purpose).
 FLOPs come from torch.utils.flop_counter (matmuls and convolutions; RoIAlign and NMS
 are not counted).
+
+--study times the TEE alone and one MiniVLM caption under thread settings (2 vs 1 threads;
+quiet, beside a busy loop, beside another torch process; OMP_WAIT_POLICY=PASSIVE, one
+inter-op thread, a short GOMP_SPINCOUNT), each setting in its own child process since
+OpenMP reads its environment when torch loads.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -46,6 +53,9 @@ PAPER = {"size": -73.0, "time": -94.0, "vision_time": -95.0}
 TARGETS = {"params_ratio": 0.27, "time_ratio": 0.06, "vision_time_ratio": 0.05}
 CAPTION, TAGS, REGIONS = 35, 15, 50
 BUSY_CODE = "while True: pass"
+# a neighbour like a test run beside the benchmark: small torch ops on PyTorch's default threads
+TORCH_BUSY_CODE = "import torch\nx = torch.randn(128, 128)\nwhile True:\n    y = torch.relu(x @ x) + 1"
+THREAD_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class BUARPNHead(nn.Module):
@@ -156,23 +166,36 @@ def class_names(classes: int) -> tuple[tuple[str, str], ...]:
     return tuple((f"/c/{i}", f"class {i}") for i in range(classes))
 
 
+def _fusion_shape(regions: int, tokenizer) -> dict:
+    ids = {} if tokenizer is None else dict(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id)
+    return dict(max_caption_tokens=CAPTION, max_tag_tokens=TAGS, max_regions=regions, task="captioning", **ids)
+
+
+def build_minivlm(device: str, classes: int, regions: int = REGIONS, tokenizer=None):
+    """(TEE, MiniLM fusion with the TEE attached), random, captioning-ready, holding `regions` regions."""
+    from models.minivlm import MiniVLM, MiniVLMConfig
+    from models.tee import build_tee
+
+    # random weights clear no score threshold: force the TEE to keep exactly `regions`, like the baseline
+    tee = build_tee("tee-d0", classes=class_names(classes), min_regions=regions, num_regions=regions)
+    fusion = MiniVLM(MiniVLMConfig(region_feature_dim=tee.config.feature_dim, **_fusion_shape(regions, tokenizer)),
+                     tee).eval().to(device)
+    return tee, fusion
+
+
 def build(device: str, classes: int, regions: int = REGIONS, tokenizer=None, proposals: int = 300):
     """(baseline vision, BERT-base fusion, TEE, MiniLM fusion with the TEE attached), all random, both
     fusions captioning-ready and holding `regions` regions."""
     from models.minivlm import MiniVLM, MiniVLMConfig
-    from models.tee import build_tee
 
-    ids = {} if tokenizer is None else dict(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id)
-    shared = dict(max_caption_tokens=CAPTION, max_tag_tokens=TAGS, max_regions=regions, task="captioning", **ids)
+    shared = _fusion_shape(regions, tokenizer)
     torch.manual_seed(0)
     base_vision = BaselineVision(num_classes=classes, proposals=proposals, regions=regions).eval().to(device)
     base_fusion = MiniVLM(MiniVLMConfig(hidden_size=768, num_heads=12, intermediate_size=3072,
                                         region_feature_dim=2048, **shared)).eval().to(device)
-    # random weights clear no score threshold: force the TEE to keep exactly `regions`, like the baseline
-    tee = build_tee("tee-d0", classes=class_names(classes), min_regions=regions, num_regions=regions)
-    fusion = MiniVLM(MiniVLMConfig(region_feature_dim=tee.config.feature_dim, **shared), tee).eval().to(device)
+    tee, fusion = build_minivlm(device, classes, regions, tokenizer)
     return base_vision, base_fusion, tee, fusion
 
 
@@ -190,15 +213,18 @@ def supports_cache() -> bool:
 
 
 @contextlib.contextmanager
-def busy_cpu(n: int):
-    """N CPU-bound child processes for the duration; always killed (and reaped) on the way out."""
+def busy_cpu(n: int, code: str = BUSY_CODE):
+    """N CPU-bound child processes for the duration; always killed (and reaped) on the way out.
+
+    They run with PyTorch's default thread settings, whatever this process was started with."""
     procs = []
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
     try:
         for _ in range(n):
-            procs.append(subprocess.Popen([sys.executable, "-c", BUSY_CODE], stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
         if procs:
-            time.sleep(0.5)  # let them start spinning before anything is timed
+            time.sleep(0.5 if code == BUSY_CODE else 3.0)  # let them start spinning before anything is timed
         yield procs
     finally:
         for p in procs:
@@ -206,6 +232,14 @@ def busy_cpu(n: int):
                 p.kill()
         for p in procs:
             p.wait()
+
+
+def ban_sep(captioner) -> bool:
+    """Ban [SEP] so every caption decodes exactly max_length steps; False where the captioner has no ban list."""
+    if not isinstance(getattr(captioner, "banned", None), list):
+        return False
+    captioner.banned = sorted({*captioner.banned, captioner.config.sep_token_id})
+    return True
 
 
 class StepCounter:
@@ -229,6 +263,92 @@ class StepCounter:
         return counted
 
 
+# ---- why a busy CPU hurts: one setting per child process (thread settings must precede torch) ----
+
+STUDY = (  # (label, environment, probe flags)
+    ("2 threads, quiet", {}, []),
+    ("1 thread, quiet", {}, ["--threads", "1"]),
+    ("2 threads, OMP_WAIT_POLICY=PASSIVE, quiet", {"OMP_WAIT_POLICY": "PASSIVE"}, []),
+    ("2 threads, --busy 1", {}, ["--busy", "1"]),
+    ("1 thread, --busy 1", {}, ["--threads", "1", "--busy", "1"]),
+    ("2 threads, OMP_WAIT_POLICY=PASSIVE, --busy 1", {"OMP_WAIT_POLICY": "PASSIVE"}, ["--busy", "1"]),
+    ("2 threads, set_num_interop_threads(1), --busy 1", {}, ["--interop-threads", "1", "--busy", "1"]),
+    ("2 threads, GOMP_SPINCOUNT=10000, --busy 1", {"GOMP_SPINCOUNT": "10000"}, ["--busy", "1"]),
+    ("2 threads, beside a 2-thread torch process", {}, ["--busy-torch", "1"]),
+    ("1 thread, beside a 2-thread torch process", {}, ["--threads", "1", "--busy-torch", "1"]),
+    ("2 threads, OMP_WAIT_POLICY=PASSIVE, beside a 2-thread torch process", {"OMP_WAIT_POLICY": "PASSIVE"},
+     ["--busy-torch", "1"]),
+)
+
+
+def _measure(fn, repeats: int, warmup: int) -> dict:
+    """Wall and CPU time of `fn`: median (min-max) ms, and this process's CPU time per wall time."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+    return {"median_ms": statistics.median(wall), "min_ms": min(wall), "max_ms": max(wall),
+            "cpu_per_wall": sum(cpu) / sum(wall)}
+
+
+def probe(args) -> dict:
+    """The TEE alone and one whole MiniVLM caption (cached where available), in this process's thread settings."""
+    from models.captioning import StudentCaptioner
+    from models.minivlm import bundled_bert_dir, load_tokenizer
+
+    tokenizer = load_tokenizer(bundled_bert_dir())
+    tee, fusion = build_minivlm("cpu", args.classes, args.regions, tokenizer)
+    captioner = StudentCaptioner(fusion, tokenizer, source="benchmark")
+    forced = ban_sep(captioner)
+    kw = {"cache": True} if supports_cache() else {}
+    h, w = (int(v) for v in args.image.lower().split("x"))
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    with torch.inference_mode(), busy_cpu(args.busy), busy_cpu(args.busy_torch, TORCH_BUSY_CODE):
+        tee_ms = _measure(lambda: tee.detect(tee.prepare([image])), args.repeats, args.warmup)
+        caption_ms = (_measure(lambda: captioner([image], beam_size=args.beam, max_length=args.max_length, **kw),
+                               args.caption_repeats, min(1, args.warmup)) if args.caption_repeats else None)
+    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "busy": args.busy, "busy_torch": args.busy_torch, "env": {k: os.environ.get(k) for k in THREAD_ENV},
+            "tee": tee_ms, "caption": caption_ms, "cache": bool(kw), "forced_length": forced}
+
+
+def study(args) -> dict:
+    """Every STUDY setting in its own child process, one after the other -> a table of TEE and caption times."""
+    passed = ["--classes", str(args.classes), "--regions", str(args.regions), "--image", args.image,
+              "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--caption-repeats",
+              str(args.caption_repeats), "--beam", str(args.beam), "--max-length", str(args.max_length)]
+    base_env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
+    results = []
+    for label, env, flags in STUDY:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.efficiency", "--probe", *passed, *flags],
+                             env={**base_env, **env}, capture_output=True, text=True, check=True)
+        results.append({"setting": label, **json.loads(out.stdout.strip().splitlines()[-1])})
+        print(f"  {label}: TEE {results[-1]['tee']['median_ms']:.0f} ms", file=sys.stderr, flush=True)
+
+    def cell(m):
+        return "" if m is None else f"{m['median_ms']:,.0f} ({m['min_ms']:,.0f}-{m['max_ms']:,.0f})"
+
+    rows = [f"tee-d0 at 512, {args.regions} regions, {args.classes} classes, image {args.image}; one cached "
+            f"caption = beam {args.beam} x {args.max_length} steps. Median (min-max) of {args.repeats} TEE runs "
+            f"and {args.caption_repeats} captions, each setting its own process.", "",
+            "| setting | TEE ms | caption ms | CPU time / wall time, TEE |", "|---|---:|---:|---:|"]
+    rows += [f"| {r['setting']} | {cell(r['tee'])} | {cell(r['caption'])} | {r['tee']['cpu_per_wall']:.2f} |"
+             for r in results]
+    print("\n".join(rows))
+    report = {"study": results, "settings": {"classes": args.classes, "regions": args.regions, "image": args.image,
+                                             "repeats": args.repeats, "caption_repeats": args.caption_repeats,
+                                             "beam": args.beam, "max_length": args.max_length,
+                                             "torch": torch.__version__}}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
 def run(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.efficiency", description=__doc__.splitlines()[0],
                                  allow_abbrev=False)
@@ -249,14 +369,30 @@ def run(argv=None) -> dict:
     ap.add_argument("--no-caption", action="store_true", help="skip the whole-caption timings")
     ap.add_argument("--no-uncached-baseline", action="store_true",
                     help="skip the baseline's uncached caption (the slowest part)")
+    ap.add_argument("--study", action="store_true",
+                    help="instead: why a busy CPU hurts; the TEE and one MiniVLM caption under thread settings "
+                         "(2 vs 1 threads, quiet vs --busy 1 vs a torch neighbour, OMP_WAIT_POLICY=PASSIVE, ...), "
+                         "each in its own process")
+    ap.add_argument("--caption-repeats", type=int, default=3, help="--study: captions per setting")
+    ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # one --study setting
+    ap.add_argument("--busy-torch", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--interop-threads", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.interop_threads:
+        torch.set_num_interop_threads(args.interop_threads)  # before any parallel work: --probe runs alone
     if args.regions < 1 or args.busy < 0 or args.repeats < 1 or args.warmup < 0 or args.proposals < args.regions:
         ap.error("--regions and --repeats must be >= 1, --busy and --warmup >= 0, --proposals >= --regions")
     if not 1 <= args.max_length <= CAPTION:
         ap.error(f"--max-length must be in [1, {CAPTION}]")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.probe:
+        r = probe(args)
+        print(json.dumps(r))
+        return r
+    if args.study:
+        return study(args)
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("efficiency: --device cuda but CUDA is not available here")
@@ -300,10 +436,7 @@ def run(argv=None) -> dict:
     if not args.no_caption:
         mini_cap = StudentCaptioner(fusion, tokenizer, source="benchmark")
         base_cap = StudentCaptioner(base_fusion, tokenizer, source="benchmark")
-        for cap in (mini_cap, base_cap):  # ban [SEP]: every caption decodes exactly max_length steps
-            if isinstance(getattr(cap, "banned", None), list):
-                cap.banned = sorted({*cap.banned, cap.config.sep_token_id})
-                forced_length = True
+        forced_length = all([ban_sep(mini_cap), ban_sep(base_cap)])
 
         def baseline_caption(**kw):
             reg = baseline_vision()

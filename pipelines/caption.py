@@ -38,7 +38,8 @@ def parse_args(argv) -> argparse.Namespace:
     """The flags, checked: UsageError for anything wrong, the device included."""
     args = parser().parse_args(argv)
     for flag, value in (("--num-beams", args.num_beams), ("--max-new-tokens", args.max_new_tokens),
-                        ("--batch-size", args.batch_size), ("--io-threads", args.io_threads)):
+                        ("--batch-size", args.batch_size), ("--io-threads", args.io_threads),
+                        ("--threads", 1 if args.threads is None else args.threads)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, not {value}")
     check_device(args.device)
@@ -59,7 +60,10 @@ def load_captioner(args):
     if problem:
         raise UsageError(problem)
     from models.captioning import load_student_captioner  # torch: only once the flags and kind are right
+    from models.threads import use_threads
 
+    if args.threads:
+        use_threads(args.threads)
     try:
         captioner = load_student_captioner(args.checkpoint, device=args.device)
     except Exception as e:  # one line for a checkpoint that cannot caption, whatever the cause

@@ -45,7 +45,7 @@ from pipelines.data import storage
 
 PROG = "evaluate_captions"
 # The student's decoding (and its images): flags that mean something only with --checkpoint.
-STUDENT_FLAGS = ("images", "num_beams", "max_new_tokens", "greedy", "batch_size", "device")
+STUDENT_FLAGS = ("images", "num_beams", "max_new_tokens", "greedy", "batch_size", "threads", "device")
 
 
 def _flag(name: str) -> str:
@@ -99,7 +99,7 @@ def check_flags(args) -> None:
             verb = "applies" if len(given) == 1 else "apply"
             raise UsageError(f"{', '.join(given)} only {verb} with --checkpoint (the student's images and decoding); "
                              "--teacher-labels alone scores the teacher's captions")
-    for name in ("num_beams", "max_new_tokens", "batch_size", "limit"):
+    for name in ("num_beams", "max_new_tokens", "batch_size", "threads", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"{_flag(name)} must be >= 1, not {value}")
@@ -257,8 +257,11 @@ def run(argv: list[str] | None = None) -> int:
 
 def run_student(args) -> int:
     from models.captioning import load_student_captioner
+    from models.threads import use_threads
     from pipelines.eval.captions import format_table
 
+    if args.threads:
+        use_threads(args.threads)
     try:
         captioner = load_student_captioner(args.checkpoint, device=args.device)
         if captioner.model.tee is None:

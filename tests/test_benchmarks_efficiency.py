@@ -1,10 +1,11 @@
 """The efficiency benchmark runs end to end and writes the promised JSON (no timing assertions)."""
 import json
 import math
+import os
 
 import pytest
 
-from benchmarks.efficiency import BUSY_CODE, BaselineVision, busy_cpu, run
+from benchmarks.efficiency import BUSY_CODE, STUDY, TORCH_BUSY_CODE, BaselineVision, busy_cpu, run
 
 KEYS = ("baseline_params", "minivlm_params", "baseline_ms", "minivlm_ms", "baseline_vision_ms", "tee_ms",
         "baseline_gflops", "minivlm_gflops", "baseline_caption_ms", "minivlm_caption_ms", "caption_ratio")
@@ -20,6 +21,16 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z" and BUSY_CODE.encode() in cmdline
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """--threads sets this process's torch threads: give later tests theirs back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
@@ -66,3 +77,21 @@ def test_busy_children_are_killed_even_when_the_timed_section_fails():
         assert all(_running(pid) for pid in pids)
         raise RuntimeError("the timed section failed")
     assert not any(_running(pid) for pid in pids)
+
+
+@pytest.mark.slow
+def test_study_probe_times_the_tee_and_a_caption_beside_a_torch_neighbour():
+    """One --study setting (the study runs each in its own process); no timing assertions."""
+    r = run(["--probe", "--repeats", "1", "--warmup", "0", "--caption-repeats", "1", "--max-length", "2",
+             "--classes", "20", "--regions", "8", "--busy-torch", "1", "--threads", "1"])
+    assert r["threads"] == 1 and r["busy_torch"] == 1
+    for part in ("tee", "caption"):
+        assert r[part]["median_ms"] > 0 and r[part]["cpu_per_wall"] > 0
+    assert len({label for label, _, _ in STUDY}) == len(STUDY)
+
+
+def test_torch_neighbour_is_killed_too():
+    with busy_cpu(1, TORCH_BUSY_CODE) as procs:
+        (pid,) = [p.pid for p in procs]
+        assert procs[0].poll() is None
+    assert not os.path.exists(f"/proc/{pid}")  # killed and reaped

@@ -36,7 +36,7 @@ DEFAULT_VOCAB = os.path.join(REPO_ROOT, "schemas", "vocabularies", "default_tags
 PER_INVOCATION = ("output", "overwrite", "resume", "retry_failures")
 # Flags that change how the work runs, not what a row says: --resume and --retry-failures
 # may give them anew.
-HOW_TO_RUN = ("device", "batch_size", "large_model", "model_copies", "read_retries", "cache_dir",
+HOW_TO_RUN = ("device", "batch_size", "threads", "large_model", "model_copies", "read_retries", "cache_dir",
               "rows_per_part", "compression", "dedupe", "trust_remote_code")
 # Flags that say which images to go through: a resumed run may go further into, or over
 # more of, its input (its rows stay). A retry re-reads the run's own input instead.
@@ -89,6 +89,9 @@ def add_inference_args(ap: argparse.ArgumentParser, models: str = "teachers") ->
     ru.add_argument("--device", default="auto",
                     help="auto | cpu | cuda | cuda:N; with a runner on this machine, cuda must exist here")
     ru.add_argument("--batch-size", type=int, default=8, help="images per forward pass (RunInference max_batch_size)")
+    ru.add_argument("--threads", type=int, default=None,
+                    help="CPU threads per model caller (unset: the machine's cores divided among the runner's "
+                         "workers, --direct_num_workers here; 1 per SDK process on Dataflow)")
     ru.add_argument("--large-model", action="store_true",
                     help=f"share one copy of the {models} per worker machine across its processes (GPU workers)")
     ru.add_argument("--model-copies", type=int, default=None,

@@ -47,6 +47,19 @@ class HandlerOptions:
     trust_remote_code: bool = False
     large_model: bool = False  # one copy per worker VM, shared by its processes (GPU workers)
     model_copies: int | None = None  # with large_model: copies per VM (e.g. one per GPU)
+    threads: int | None = None  # --threads: CPU threads per model caller; None: share the cores (callers)
+    # Model callers (worker processes, or runner threads in one process) sharing one machine's
+    # cores: the DirectRunner's --direct_num_workers; None: one per core (Dataflow's Python workers).
+    callers: int | None = 1
+
+    def cpu_threads(self, cpus: int | None = None) -> int:
+        """CPU threads each model caller uses (models.threads): --threads, else an even share of the cores."""
+        from models.threads import threads_per_caller
+
+        if self.threads is not None:
+            return self.threads
+        # --large-model: one process per copy holds the model and serves every caller on the machine
+        return threads_per_caller(self.model_copies or 1 if self.large_model else self.callers, cpus)
 
 
 class ImageModelHandler(ModelHandler[Work, Work, Any]):
@@ -61,6 +74,14 @@ class ImageModelHandler(ModelHandler[Work, Work, Any]):
         if options.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, not {options.batch_size}")
         self.options = options
+
+    def use_cpu_threads(self) -> int:
+        """Set this process's torch threads (call from load_model: it runs where the model will)."""
+        from models.threads import use_threads
+
+        n = use_threads(self.options.cpu_threads())
+        log.info("%s: %d CPU threads per model caller", self.stage or type(self).__name__, n)
+        return n
 
     def store(self, work: Work, result) -> Work:
         raise NotImplementedError
@@ -140,6 +161,7 @@ class TeacherHandler(ImageModelHandler):
         from teachers import load_captioner, load_tagger
 
         o = self.options
+        self.use_cpu_threads()
         common = dict(device=o.device, cache_dir=o.cache_dir, trust_remote_code=o.trust_remote_code, dtype=self.dtype)
         if self.stage == "caption":
             return load_captioner(self.spec, self.params, **common)
@@ -228,6 +250,7 @@ class TEEHandler(ImageModelHandler):
         from models.tee import load_tee
         from teachers.common import pick_device
 
+        self.use_cpu_threads()
         model, _ = load_tee(self.reference, cache_dir=self.options.cache_dir)
         if self.extractor_id is not None and model.extractor_id() != self.extractor_id:
             raise RuntimeError(f"the TEE at {self.reference} is {model.extractor_id()} on this worker, "

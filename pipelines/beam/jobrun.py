@@ -32,8 +32,15 @@ from typing import Callable
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    TestOptions,
+)
 
+from models.threads import usable_cpus
 from pipelines.beam import plan, retry, sinks
 from pipelines.beam.flags import HOW_TO_RUN, PER_INVOCATION, RESUME_MAY_CHANGE
 from pipelines.beam.handlers import HandlerOptions
@@ -60,13 +67,14 @@ def common_job_fields(args: argparse.Namespace) -> dict:
     for flag, value, low in (("--decode-size", args.decode_size, 16), ("--max-pixels", args.max_pixels, 1),
                              ("--read-retries", args.read_retries, 0), ("--batch-size", args.batch_size, 1),
                              ("--model-copies", args.model_copies or 1, 1),
+                             ("--threads", 1 if args.threads is None else args.threads, 1),
                              ("--rows-per-part", args.rows_per_part, 1)):
         if value < low:
             raise UsageError(f"{flag} must be >= {low}, not {value}")
     check_device(args.device, local=False)  # its spelling; run_job checks a local runner's machine has it
     handler = HandlerOptions(batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir,
                              trust_remote_code=getattr(args, "trust_remote_code", False),
-                             large_model=args.large_model, model_copies=args.model_copies)
+                             large_model=args.large_model, model_copies=args.model_copies, threads=args.threads)
     retry_mode = getattr(args, "retry_failures", None)
     return dict(source=source, output=args.output.rstrip("/"), handler=handler, decode_size=args.decode_size,
                 max_pixels=args.max_pixels, read_retries=args.read_retries, rows_per_part=args.rows_per_part,
@@ -327,6 +335,7 @@ def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
             # models load (Dataflow's workers bring their own GPUs).
             check_device(args.device, local=runs_here(runner))
             job = make_job(args)
+            job = replace(job, handler=replace(job.handler, callers=model_callers(options, runner)))
             mode = selection_mode(job.dedupe, runner)
             history: list = []
             if not dry_run:  # a dry run writes nothing and must not touch the (remote) output
@@ -344,6 +353,18 @@ def run_job(kind: JobKind, args: argparse.Namespace, beam_args: list[str], *,
                     build=build, describe=describe)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def model_callers(options: PipelineOptions, runner: str) -> int | None:
+    """How many model callers share a worker machine's cores (HandlerOptions.callers): the local
+    runner's --direct_num_workers (processes or threads, 0 = one per core); on other runners one
+    per core (Dataflow runs one Python SDK process per vCPU), or 1 with the experiment
+    no_use_multiple_sdk_containers."""
+    if runs_here(runner):
+        workers = options.view_as(DirectOptions).direct_num_workers
+        return usable_cpus() if workers == 0 else max(workers or 1, 1)
+    experiments = options.view_as(DebugOptions).experiments or []
+    return 1 if "no_use_multiple_sdk_containers" in experiments else None
 
 
 def runner_class(runner: str) -> type:

@@ -172,3 +172,6 @@ def add_decoding_flags(ap: argparse.ArgumentParser) -> None:
                     help="at most this many word pieces per caption (alias: --max-length, kept for compatibility)")
     ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
     ap.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for the model (unset: PyTorch's default, one per core); where other work "
+                         "shares the cores, fewer threads avoid a collapse (docs/benchmarks.md)")
