@@ -71,7 +71,8 @@ def stage(name: str, fn, argv: list[str], times: dict) -> None:
 
 
 PREPARED = "prepared.json"  # in --work once data, TEE, features and corpus are done: what made them
-DATA_SETTINGS = ("train_images", "val_images", "scene_size", "tee_steps", "seed")
+DATA_SETTINGS = ("train_images", "val_images", "scene_size", "tee_steps", "seed", "class_agnostic_boxes")
+SETTING_DEFAULTS = {"class_agnostic_boxes": False}  # settings added later: a record without them had these
 BOOTSTRAP_RESAMPLES = 1000
 
 
@@ -93,8 +94,8 @@ def check_reusable(reuse: str, args) -> dict:
                          "--work folder)")
     with open(record) as f:
         made = json.load(f)
-    differ = [f"{k} {made.get(k)} there, {getattr(args, k)} here" for k in DATA_SETTINGS
-              if made.get(k) != getattr(args, k)]
+    differ = [f"{k} {made.get(k, SETTING_DEFAULTS.get(k))} there, {getattr(args, k)} here" for k in DATA_SETTINGS
+              if made.get(k, SETTING_DEFAULTS.get(k)) != getattr(args, k)]
     if differ:
         raise SystemExit(f"caption_learning: --reuse {reuse} was made with other data settings: {'; '.join(differ)}")
     paths = prepared_paths(reuse)
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-masked", type=int, default=8)
     ap.add_argument("--embedding-rank", type=int, default=None,
                     help="factorise the fusion's word embedding at this rank (train_student --embedding-rank)")
+    ap.add_argument("--class-agnostic-boxes", action="store_true",
+                    help="train the TEE with one box refinement for all classes (a size trial)")
     ap.add_argument("--reuse", default=None, metavar="DIR",
                     help="an earlier run's --work: take its data, TEE, features and corpus, run only the student")
     ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java process is the slow part)")
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             "--images", tr["images_csv"], "--annotations", tr["boxes_csv"], "--classes", tr["classes_csv"],
             "--tee", "tee-tiny", "--image-size", "128", "--output", os.path.join(work, "tee"),
             "--max-steps", str(args.tee_steps), "--batch-size", "16", "--lr", "2e-3",
-            "--warmup-steps", str(min(100, args.tee_steps // 10)), "--checkpoint-every", str(args.tee_steps), *loop],
+            "--warmup-steps", str(min(100, args.tee_steps // 10)), "--checkpoint-every", str(args.tee_steps),
+            *(["--class-agnostic-boxes"] if args.class_agnostic_boxes else []), *loop],
             times)
         stage("extract_features", extract_features, [
             "--runner", "DirectRunner", "--input", tr["images_csv"], "--image-root", images,
@@ -246,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
               "stage_seconds": times,
               "reused": args.reuse and {"from": args.reuse, "stage_seconds": reused_seconds},
               "threads": torch.get_num_threads(), "train_images": args.train_images, "val_images": after["images"],
-              "config": {"tee": "tee-tiny @128 px", "tee_steps": args.tee_steps, "fusion": args.fusion,
+              "config": {"tee": "tee-tiny @128 px", "tee_steps": args.tee_steps,
+                         "class_agnostic_boxes": args.class_agnostic_boxes, "fusion": args.fusion,
                          "pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
                          "embedding_rank": args.embedding_rank, "batch_size": args.batch_size, "mask_prob": args.mask_prob, "max_masked": args.max_masked,
                          "beam_size": args.beam_size,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -173,19 +174,21 @@ def _fusion_shape(regions: int, tokenizer) -> dict:
     return dict(max_caption_tokens=CAPTION, max_tag_tokens=TAGS, max_regions=regions, task="captioning", **ids)
 
 
-def build_minivlm(device: str, classes: int, regions: int = REGIONS, tokenizer=None):
+def build_minivlm(device: str, classes: int, regions: int = REGIONS, tokenizer=None, class_agnostic: bool = False):
     """(TEE, MiniLM fusion with the TEE attached), random, captioning-ready, holding `regions` regions."""
     from models.minivlm import MiniVLM, MiniVLMConfig
     from models.tee import build_tee
 
     # random weights clear no score threshold: force the TEE to keep exactly `regions`, like the baseline
-    tee = build_tee("tee-d0", classes=class_names(classes), min_regions=regions, num_regions=regions)
+    tee = build_tee("tee-d0", classes=class_names(classes), min_regions=regions, num_regions=regions,
+                    class_agnostic_boxes=class_agnostic)
     fusion = MiniVLM(MiniVLMConfig(region_feature_dim=tee.config.feature_dim, **_fusion_shape(regions, tokenizer)),
                      tee).eval().to(device)
     return tee, fusion
 
 
-def build(device: str, classes: int, regions: int = REGIONS, tokenizer=None, proposals: int = 300):
+def build(device: str, classes: int, regions: int = REGIONS, tokenizer=None, proposals: int = 300,
+          class_agnostic: bool = False):
     """(baseline vision, BERT-base fusion, TEE, MiniLM fusion with the TEE attached), all random, both
     fusions captioning-ready and holding `regions` regions."""
     from models.minivlm import MiniVLM, MiniVLMConfig
@@ -195,7 +198,7 @@ def build(device: str, classes: int, regions: int = REGIONS, tokenizer=None, pro
     base_vision = BaselineVision(num_classes=classes, proposals=proposals, regions=regions).eval().to(device)
     base_fusion = MiniVLM(MiniVLMConfig(hidden_size=768, num_heads=12, intermediate_size=3072,
                                         region_feature_dim=2048, **shared)).eval().to(device)
-    tee, fusion = build_minivlm(device, classes, regions, tokenizer)
+    tee, fusion = build_minivlm(device, classes, regions, tokenizer, class_agnostic)
     return base_vision, base_fusion, tee, fusion
 
 
@@ -366,6 +369,11 @@ def run(argv=None) -> dict:
                          "fewer only to keep tests fast)")
     ap.add_argument("--beam", type=int, default=5, help="caption beam size, both sides")
     ap.add_argument("--max-length", type=int, default=20, help="caption tokens, both sides (every caption runs them all)")
+    ap.add_argument("--class-agnostic-boxes", action="store_true",
+                    help="the TEE with one box refinement for all classes (4 outputs instead of (classes+1) x 4)")
+    ap.add_argument("--no-fold", action="store_true",
+                    help="time the TEE with its batch norms as trained (default: folded, as caption and the "
+                         "feature job run it; the unfolded TEE is then timed beside it)")
     ap.add_argument("--no-caption", action="store_true", help="skip the whole-caption timings")
     ap.add_argument("--no-uncached-baseline", action="store_true",
                     help="skip the baseline's uncached caption (the slowest part)")
@@ -405,7 +413,10 @@ def run(argv=None) -> dict:
 
     tokenizer = load_tokenizer(bundled_bert_dir())
     base_vision, base_fusion, tee, fusion = build(device, args.classes, args.regions, tokenizer,
-                                                args.proposals)
+                                                args.proposals, args.class_agnostic_boxes)
+    tee_params = count(tee)  # as trained and saved, before any folding
+    tee_plain = copy.deepcopy(tee).eval()  # timed beside the folded one: what folding buys
+    folded = 0 if args.no_fold else tee.fold_batchnorms()  # the library's inference form (caption, feature job)
     names = [n for _, n in class_names(args.classes)]
     img_chw = image.permute(2, 0, 1).to(device)
     img_hwc = image.numpy()
@@ -430,6 +441,8 @@ def run(argv=None) -> dict:
         "minivlm_fusion": lambda: fusion.encode(**mini_inputs),
     }
     single = list(parts)  # one forward pass each: FLOPs are counted for these
+    if folded:
+        parts["tee_unfolded"] = lambda: tee_plain.detect(tee_plain.prepare([img_hwc]))[0]
     cache = supports_cache()
     forced_length = False
     steps: dict[str, list[int]] = {}
@@ -488,8 +501,8 @@ def run(argv=None) -> dict:
     threads = torch.get_num_threads()
     r = {
         "baseline_params": count(base_vision) + _fusion_params(base_fusion),
-        "minivlm_params": count(tee) + _fusion_params(fusion),
-        "baseline_vision_params": count(base_vision), "tee_params": count(tee),
+        "minivlm_params": tee_params + _fusion_params(fusion),
+        "baseline_vision_params": count(base_vision), "tee_params": tee_params,
         "baseline_fusion_params": _fusion_params(base_fusion), "minivlm_fusion_params": _fusion_params(fusion),
         "baseline_ms": med["baseline_vision"] + med["baseline_fusion"], "minivlm_ms": med["tee"] + med["minivlm_fusion"],
         "baseline_vision_ms": med["baseline_vision"], "tee_ms": med["tee"],
@@ -503,6 +516,7 @@ def run(argv=None) -> dict:
                      "repeats": args.repeats, "warmup": args.warmup,
                      "image": args.image, "proposals": args.proposals,
                      "classes": args.classes, "regions": args.regions,
+                     "tee": {"batchnorms_folded": folded, "class_agnostic_boxes": args.class_agnostic_boxes},
                      "tokens": {"caption": CAPTION, "tags": TAGS}, "weights": "random (timing does not depend on them)",
                      "forced": {"regions": f"min_regions = num_regions = {args.regions} on both sides (random weights "
                                            "clear no score threshold)",
@@ -526,6 +540,9 @@ def run(argv=None) -> dict:
         r["settings"]["caption"] = {"beam": args.beam, "max_length": args.max_length, "cache": cache,
                                     "forced_length": forced_length,
                                     "decoding": "models.captioning.StudentCaptioner, both sides"}
+    if folded:
+        r["tee_unfolded_ms"] = med["tee_unfolded"]
+        r["tee_fold_speedup"] = r["tee_unfolded_ms"] / r["tee_ms"]
     r["params_ratio"] = r["minivlm_params"] / r["baseline_params"]
     r["time_ratio"] = r["minivlm_ms"] / r["baseline_ms"]
     r["vision_time_ratio"] = r["tee_ms"] / r["baseline_vision_ms"]
@@ -550,7 +567,9 @@ def table(r: dict, times: dict) -> str:
         f"Random weights; {s['device']}, {s['threads']} threads, {busy}; batch 1, image {s['image']}, "
         f"median (min-max) of {s['repeats']} interleaved repeats. Forced: {s['regions']} regions on both sides"
         + (f"; captions of exactly {s['caption']['max_length']} steps (beam {s['caption']['beam']}, [SEP] banned)"
-           if s.get("caption", {}).get("forced_length") else "") + ".",
+           if s.get("caption", {}).get("forced_length") else "") + ". TEE: "
+        + (f"{s['tee']['batchnorms_folded']} batch norms folded" if s["tee"]["batchnorms_folded"] else "as trained")
+        + (", class-agnostic boxes" if s["tee"]["class_agnostic_boxes"] else ", class-specific boxes") + ".",
         "",
         "| | baseline (R101-C4 Faster R-CNN + BERT-base) | MiniVLM (TEE + MiniLM-12x384) | change | paper | target |",
         "|---|---:|---:|---:|---:|---|",
@@ -567,6 +586,8 @@ def table(r: dict, times: dict) -> str:
         f"| vision ms | {r['baseline_vision_ms']:.0f} ({spread('baseline_vision')}) | {r['tee_ms']:.0f} "
         f"({spread('tee')}) | {pct(r['vision_time_ratio'])} | {PAPER['vision_time']:+.0f}% | <= 5%: "
         f"{'met' if r['targets_met']['vision_time_ratio'] else 'missed'} |",
+        *([f"| vision ms, TEE batch norms not folded | | {r['tee_unfolded_ms']:.0f} ({spread('tee_unfolded')}) | "
+           f"folding: {r['tee_fold_speedup']:.2f}x | | |"] if "tee_unfolded_ms" in r else []),
         f"| fusion ms (one pass) | {r['baseline_fusion_ms']:.1f} ({spread('baseline_fusion')}) | "
         f"{r['minivlm_fusion_ms']:.1f} ({spread('minivlm_fusion')}) | "
         f"{pct(r['minivlm_fusion_ms'] / r['baseline_fusion_ms'])} | | |",

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--class-agnostic-boxes", action="store_true",
+                    help="one box refinement per region for all classes (a size trial)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     val = DetectionData(source=sources.SourceSpec(input=va["images_csv"]), annotations=va["boxes_csv"],
                         classes=classes)
 
-    untrained = build_tee(args.tee, classes=classes, seed=args.seed, image_size=args.image_size)
+    untrained = build_tee(args.tee, classes=classes, seed=args.seed, image_size=args.image_size,
+                          class_agnostic_boxes=args.class_agnostic_boxes)
     before = evaluate_tee(untrained, val, batch_size=args.batch_size)
 
     run_dir = os.path.join(work, "run")
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                 "--warmup-steps", str(min(100, args.max_steps // 10)), "--log-every", "50",
                 "--checkpoint-every", str(max(1, args.max_steps // 2)), "--num-workers", str(args.num_workers),
-                "--seed", str(args.seed), "--no-progress"])
+                "--seed", str(args.seed), "--no-progress",
+                *(["--class-agnostic-boxes"] if args.class_agnostic_boxes else [])])
     train_s = time.monotonic() - t1
     if rc != 0:
         print(f"tee_learning: training failed (exit {rc})", file=sys.stderr)
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
         "train_images": args.train_images, "val_images": after["images"], "threads": torch.get_num_threads(),
         "config": {"tee": cfg.name, "backbone": cfg.backbone, "image_size": cfg.image_size,
+                   "class_agnostic_boxes": cfg.class_agnostic_boxes,
                    "fpn": f"{cfg.fpn_channels} x {cfg.fpn_repeats}", "feature_dim": cfg.feature_dim,
                    "classes": [c[1] for c in classes],
                    "parameters": sum(p.numel() for p in trained.parameters())},
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| trained | {after['map50']:.3f} | {args.max_steps} steps x {args.batch_size} images, "
           f"{train_s / 60:.1f} min on {torch.get_num_threads()} threads |")
     print(f"\nconfig: {cfg.backbone} + BiFPN {cfg.fpn_channels}x{cfg.fpn_repeats} at {cfg.image_size} px, "
+          f"{'class-agnostic' if cfg.class_agnostic_boxes else 'class-specific'} boxes, "
           f"{result['config']['parameters'] / 1e6:.2f} M parameters, classes {', '.join(c[1] for c in classes)}; "
           f"{args.train_images} train / {after['images']} held-out scenes of {args.scene_size} px")
     print("per-class AP: " + ", ".join(f"{k} {v:.3f}" for k, v in result["per_class_ap"].items() if v is not None))

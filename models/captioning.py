@@ -425,4 +425,6 @@ def load_student_captioner(checkpoint: str, *, device: str = "auto") -> StudentC
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = MiniVLM.from_pretrained(directory, map_location=device)
+    if model.tee is not None:
+        model.tee.fold_batchnorms()  # loaded to caption, never to train: the inference form
     return StudentCaptioner(model, load_tokenizer(directory), checkpoint)

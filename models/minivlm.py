@@ -315,6 +315,9 @@ class MiniVLM(nn.Module):
     # ---- persistence ---------------------------------------------------------------------
 
     def save_pretrained(self, directory: str, tokenizer=None) -> None:
+        if self.tee is not None and self.tee.folded:
+            raise RuntimeError("this student's TEE is folded for inference (load_student_captioner): "
+                               "save the checkpoint it was loaded from")
         state = {k: v for k, v in self.state_dict().items() if k not in TIED}  # saved under their other names
         write_model(directory, {"model_type": "minivlm", **self.config.to_dict()}, state)
         if tokenizer is None:

@@ -203,6 +203,11 @@ def test_finetuning_learns_and_writes_a_captioning_checkpoint(finetuned):
     assert captioner.config.task == "captioning"
     assert captioner.config.tag_min_score == captioner.model.tee.config.score_thresh
     assert captioner.config.extractor_id == captioner.model.tee.extractor_id()
+    # loaded to caption: the TEE's batch norms are folded, its id kept, and the folded form is never saved
+    assert captioner.model.tee.folded
+    with pytest.raises(RuntimeError, match="folded for inference"):
+        captioner.model.save_pretrained(str(finetuned / "never-written"))
+    assert not (finetuned / "never-written").exists()
 
 
 def test_finetuning_refuses_bad_inputs_with_one_line(finetuned, tmp_path, capsys):

@@ -189,3 +189,16 @@ def test_torchrun_two_processes(scenes, tmp_path):
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes
     assert (out / "model" / "model.safetensors").exists()
+
+
+def test_class_agnostic_boxes_train_from_scratch_and_cannot_be_forced_on_a_saved_tee(scenes, tmp_path, capsys):
+    tr, _ = scenes
+    assert train_tee(_args(tr, tmp_path / "agnostic", 2, "--class-agnostic-boxes")) == 0
+    saved = TEE.from_pretrained(str(tmp_path / "agnostic" / "model"))
+    assert saved.config.class_agnostic_boxes and saved.roi_heads.box_predictor.bbox_pred.out_features == 4
+    assert train_tee(_args(tr, tmp_path / "plain", 1)) == 0
+    capsys.readouterr()
+    assert train_tee([*_args(tr, tmp_path / "again", 1), "--tee", str(tmp_path / "plain" / "model"),
+                      "--class-agnostic-boxes"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--class-agnostic-boxes cannot change the box head of a saved TEE" in err[0], err

@@ -255,7 +255,9 @@ class TEEHandler(ImageModelHandler):
         if self.extractor_id is not None and model.extractor_id() != self.extractor_id:
             raise RuntimeError(f"the TEE at {self.reference} is {model.extractor_id()} on this worker, "
                                f"{self.extractor_id} when the job started: it changed; rerun the job")
-        return TEEExtractor(model.to(pick_device(self.options.device)).eval())
+        model = model.to(pick_device(self.options.device)).eval()
+        model.fold_batchnorms()  # after the id check: the folded TEE keeps the id it was loaded with
+        return TEEExtractor(model)
 
     def store(self, work: Work, result) -> Work:
         return replace(work, regions=result, pixels=None)  # the TEE is the last model: free the pixels
