@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-masked", type=int, default=8)
     ap.add_argument("--embedding-rank", type=int, default=None,
                     help="factorise the fusion's word embedding at this rank (train_student --embedding-rank)")
-    ap.add_argument("--class-agnostic-boxes", action="store_true",
-                    help="train the TEE with one box refinement for all classes (a size trial)")
+    ap.add_argument("--class-agnostic-boxes", action=argparse.BooleanOptionalAction, default=None,
+                    help="the TEE's box refinement: one for all classes, or (--no-...) one per class "
+                         "(unset: tee-tiny's registered choice)")
     ap.add_argument("--reuse", default=None, metavar="DIR",
                     help="an earlier run's --work: take its data, TEE, features and corpus, run only the student")
     ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java process is the slow part)")
@@ -161,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.synthetic_scenes import write_dataset
     from models.captioning import StudentCaptioner
     from models.minivlm import build_student
-    from models.tee import TEE, load_tee
+    from models.tee import TEE, load_tee, tee_config
+
+    if args.class_agnostic_boxes is None:  # recorded resolved: --reuse compares what the TEE had
+        args.class_agnostic_boxes = tee_config("tee-tiny").class_agnostic_boxes
     from pipelines.build_corpus import run as build_corpus
     from pipelines.evaluate_captions import evaluate
     from pipelines.extract_features import run as extract_features
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "--tee", "tee-tiny", "--image-size", "128", "--output", os.path.join(work, "tee"),
             "--max-steps", str(args.tee_steps), "--batch-size", "16", "--lr", "2e-3",
             "--warmup-steps", str(min(100, args.tee_steps // 10)), "--checkpoint-every", str(args.tee_steps),
-            *(["--class-agnostic-boxes"] if args.class_agnostic_boxes else []), *loop],
+            "--class-agnostic-boxes" if args.class_agnostic_boxes else "--no-class-agnostic-boxes", *loop],
             times)
         stage("extract_features", extract_features, [
             "--runner", "DirectRunner", "--input", tr["images_csv"], "--image-root", images,

@@ -174,21 +174,22 @@ def _fusion_shape(regions: int, tokenizer) -> dict:
     return dict(max_caption_tokens=CAPTION, max_tag_tokens=TAGS, max_regions=regions, task="captioning", **ids)
 
 
-def build_minivlm(device: str, classes: int, regions: int = REGIONS, tokenizer=None, class_agnostic: bool = False):
+def build_minivlm(device: str, classes: int, regions: int = REGIONS, tokenizer=None,
+                  class_agnostic: bool | None = None):
     """(TEE, MiniLM fusion with the TEE attached), random, captioning-ready, holding `regions` regions."""
     from models.minivlm import MiniVLM, MiniVLMConfig
     from models.tee import build_tee
 
     # random weights clear no score threshold: force the TEE to keep exactly `regions`, like the baseline
-    tee = build_tee("tee-d0", classes=class_names(classes), min_regions=regions, num_regions=regions,
-                    class_agnostic_boxes=class_agnostic)
+    boxes = {} if class_agnostic is None else {"class_agnostic_boxes": class_agnostic}  # None: tee-d0's own
+    tee = build_tee("tee-d0", classes=class_names(classes), min_regions=regions, num_regions=regions, **boxes)
     fusion = MiniVLM(MiniVLMConfig(region_feature_dim=tee.config.feature_dim, **_fusion_shape(regions, tokenizer)),
                      tee).eval().to(device)
     return tee, fusion
 
 
 def build(device: str, classes: int, regions: int = REGIONS, tokenizer=None, proposals: int = 300,
-          class_agnostic: bool = False):
+          class_agnostic: bool | None = None):
     """(baseline vision, BERT-base fusion, TEE, MiniLM fusion with the TEE attached), all random, both
     fusions captioning-ready and holding `regions` regions."""
     from models.minivlm import MiniVLM, MiniVLMConfig
@@ -369,8 +370,9 @@ def run(argv=None) -> dict:
                          "fewer only to keep tests fast)")
     ap.add_argument("--beam", type=int, default=5, help="caption beam size, both sides")
     ap.add_argument("--max-length", type=int, default=20, help="caption tokens, both sides (every caption runs them all)")
-    ap.add_argument("--class-agnostic-boxes", action="store_true",
-                    help="the TEE with one box refinement for all classes (4 outputs instead of (classes+1) x 4)")
+    ap.add_argument("--class-agnostic-boxes", action=argparse.BooleanOptionalAction, default=None,
+                    help="the TEE's box refinement: one for all classes (4 outputs), or (--no-...) one per class "
+                         "((classes+1) x 4); unset: tee-d0's registered choice")
     ap.add_argument("--no-fold", action="store_true",
                     help="time the TEE with its batch norms as trained (default: folded, as caption and the "
                          "feature job run it; the unfolded TEE is then timed beside it)")
@@ -516,7 +518,7 @@ def run(argv=None) -> dict:
                      "repeats": args.repeats, "warmup": args.warmup,
                      "image": args.image, "proposals": args.proposals,
                      "classes": args.classes, "regions": args.regions,
-                     "tee": {"batchnorms_folded": folded, "class_agnostic_boxes": args.class_agnostic_boxes},
+                     "tee": {"batchnorms_folded": folded, "class_agnostic_boxes": tee.config.class_agnostic_boxes},
                      "tokens": {"caption": CAPTION, "tags": TAGS}, "weights": "random (timing does not depend on them)",
                      "forced": {"regions": f"min_regions = num_regions = {args.regions} on both sides (random weights "
                                            "clear no score threshold)",

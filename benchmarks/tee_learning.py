@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--num-workers", type=int, default=1)
-    ap.add_argument("--class-agnostic-boxes", action="store_true",
-                    help="one box refinement per region for all classes (a size trial)")
+    ap.add_argument("--class-agnostic-boxes", action=argparse.BooleanOptionalAction, default=None,
+                    help="one box refinement per region for all classes, or (--no-...) one per class "
+                         "(unset: the config's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     val = DetectionData(source=sources.SourceSpec(input=va["images_csv"]), annotations=va["boxes_csv"],
                         classes=classes)
 
-    untrained = build_tee(args.tee, classes=classes, seed=args.seed, image_size=args.image_size,
-                          class_agnostic_boxes=args.class_agnostic_boxes)
+    boxes = {} if args.class_agnostic_boxes is None else {"class_agnostic_boxes": args.class_agnostic_boxes}
+    untrained = build_tee(args.tee, classes=classes, seed=args.seed, image_size=args.image_size, **boxes)
     before = evaluate_tee(untrained, val, batch_size=args.batch_size)
 
     run_dir = os.path.join(work, "run")
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--warmup-steps", str(min(100, args.max_steps // 10)), "--log-every", "50",
                 "--checkpoint-every", str(max(1, args.max_steps // 2)), "--num-workers", str(args.num_workers),
                 "--seed", str(args.seed), "--no-progress",
-                *(["--class-agnostic-boxes"] if args.class_agnostic_boxes else [])])
+                *([] if args.class_agnostic_boxes is None else
+                  ["--class-agnostic-boxes" if args.class_agnostic_boxes else "--no-class-agnostic-boxes"])])
     train_s = time.monotonic() - t1
     if rc != 0:
         print(f"tee_learning: training failed (exit {rc})", file=sys.stderr)

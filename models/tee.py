@@ -508,12 +508,15 @@ def default_classes() -> tuple[tuple[str, str], ...]:
 
 
 # EfficientDet-D0-sized: the product's TEE (input 512, B0, BiFPN 64 x 3).
-register_tee(TEEConfig(name="tee-d0"))
+# Class-agnostic boxes since the size trials (docs/benchmarks.md#size-and-speed-trials): 3.28 M
+# fewer weights at 1,600 classes and 1.18x faster, mAP and CIDEr-D within noise. TEEs saved
+# before keep their class-specific heads (an absent field reads as False).
+register_tee(TEEConfig(name="tee-d0", class_agnostic_boxes=True))
 # Small enough for tests and CPU learning checks; the same code paths.
 register_tee(TEEConfig(name="tee-tiny", backbone="tinynet_e", image_size=128, fpn_channels=32, fpn_repeats=1,
                        anchor_octaves=(1.0, 1.5), rpn_pre_nms=(300, 200), rpn_post_nms=(200, 100),
                        rpn_batch_per_image=128, roi_batch_per_image=64, head_channels=32, feature_dim=64,
-                       num_regions=20))
+                       num_regions=20, class_agnostic_boxes=True))
 
 
 def tiny_name(ref: str) -> str | None:
@@ -532,7 +535,9 @@ def load_tee(ref: str, *, cache_dir: str | None = None, map_location: str = "cpu
     if name:
         root = cache_dir or os.environ.get("MINIVLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
                                                                              "minivlm")
-        directory = os.path.join(root, "tee", f"{name}-seed0")
+        # the registered config's digest in the name: a cache made before a config changed is not reused
+        digest = hashlib.sha256(json.dumps(tee_config(name).to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        directory = os.path.join(root, "tee", f"{name}-seed0-{digest}")
         if not os.path.exists(os.path.join(directory, WEIGHTS_NAME)):
             tmp = f"{directory}.tmp-{os.getpid()}"
             build_tee(name, seed=0).save_pretrained(tmp)

@@ -47,8 +47,9 @@ def parse_args(argv):
                    help="a registered config to train from scratch (tee-d0; tee-tiny or 'tiny' for tests; tiny:<name> alike) "
                         "or a saved TEE directory to fine-tune")
     m.add_argument("--image-size", type=int, default=None, help="override the config's input size")
-    m.add_argument("--class-agnostic-boxes", action="store_true",
-                   help="one box refinement per region for all classes, not one per class (a new TEE only)")
+    m.add_argument("--class-agnostic-boxes", action=argparse.BooleanOptionalAction, default=None,
+                   help="one box refinement per region for all classes, or (--no-...) one per class "
+                        "(unset: the config's; registered configs are class-agnostic; a new TEE only)")
     m.add_argument("--pretrained-backbone", action="store_true",
                    help="start the backbone from timm's ImageNet weights (needs the model hub)")
     m.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
@@ -65,8 +66,8 @@ def build_model(args, classes):
         overrides = {"pretrained_backbone": args.pretrained_backbone}
         if args.image_size:
             overrides["image_size"] = args.image_size
-        if args.class_agnostic_boxes:
-            overrides["class_agnostic_boxes"] = True
+        if args.class_agnostic_boxes is not None:
+            overrides["class_agnostic_boxes"] = args.class_agnostic_boxes
         return build_tee(name, classes=classes, seed=args.seed, **overrides)
     if not os.path.isdir(args.tee) and "://" not in args.tee:
         raise ValueError(f"--tee {args.tee!r} is neither a registered config ({', '.join(list_tees())}) "
@@ -80,8 +81,9 @@ def build_model(args, classes):
                          f"--classes ({len(classes)}); fine-tuning needs the same class list")
     if args.image_size and args.image_size != model.config.image_size:
         raise ValueError("--image-size cannot change the input size of a saved TEE")
-    if args.class_agnostic_boxes and not model.config.class_agnostic_boxes:
-        raise ValueError(f"--class-agnostic-boxes cannot change the box head of a saved TEE ({args.tee})")
+    if args.class_agnostic_boxes is not None and args.class_agnostic_boxes != model.config.class_agnostic_boxes:
+        flag = "--class-agnostic-boxes" if args.class_agnostic_boxes else "--no-class-agnostic-boxes"
+        raise ValueError(f"{flag} cannot change the box head of a saved TEE ({args.tee})")
     return model.train()
 
 

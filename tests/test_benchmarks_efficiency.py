@@ -46,7 +46,7 @@ def test_efficiency_benchmark_writes_well_formed_json(tmp_path, capsys):
     assert data["baseline_regions"] == data["minivlm_regions"] == 8  # equal work: forced on both sides
     assert data["threads"] == 2 and data["busy"] == 1
     # the TEE runs in the library's inference form (every batch norm folded), the trained form beside it
-    assert data["settings"]["tee"] == {"batchnorms_folded": 76, "class_agnostic_boxes": False}
+    assert data["settings"]["tee"] == {"batchnorms_folded": 76, "class_agnostic_boxes": True}  # tee-d0's own
     assert data["tee_unfolded_ms"] > 0 and data["tee_fold_speedup"] > 0
     caption = data["settings"]["caption"]
     assert (caption["beam"], caption["max_length"]) == (5, 2)
@@ -70,9 +70,10 @@ def test_efficiency_benchmark_writes_well_formed_json(tmp_path, capsys):
 def test_class_agnostic_tee_is_counted_smaller(tmp_path):
     common = ["--repeats", "1", "--warmup", "0", "--classes", "20", "--image", "120x160", "--regions", "8",
               "--proposals", "16", "--no-caption"]
-    per_class, agnostic = run(common + ["--no-fold"]), run(common + ["--class-agnostic-boxes"])
+    per_class, agnostic = run(common + ["--no-fold", "--no-class-agnostic-boxes"]), run(common)
     assert per_class["tee_params"] - agnostic["tee_params"] == 513 * 21 * 4 - 513 * 4  # (D+1) x (K+1) x 4 -> (D+1) x 4
-    assert "tee_unfolded_ms" not in per_class and agnostic["settings"]["tee"]["class_agnostic_boxes"]
+    assert "tee_unfolded_ms" not in per_class and not per_class["settings"]["tee"]["class_agnostic_boxes"]
+    assert agnostic["settings"]["tee"]["class_agnostic_boxes"]
 
 
 def test_baseline_rpn_is_bottom_up_attentions():

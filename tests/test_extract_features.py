@@ -98,7 +98,12 @@ def test_sample_gives_one_features_row_per_image(sample_features, tee):
 
 
 def test_float16_features_read_back_equal_the_model_on_the_same_image(tmp_path, tee):
-    """The job under TestPipeline (assert_that on its outputs), then its files against the bare model."""
+    """The job under TestPipeline (assert_that on its outputs), then its files against the bare model
+    in the form the job runs it (batch norms folded; the same extractor id)."""
+    import copy
+
+    tee = copy.deepcopy(tee)
+    tee.fold_batchnorms()
     args, _ = fx.parse_args(["--tee", "tiny", "--limit", "3", "--batch-size", "1", "--output", str(tmp_path / "out")])
     job = fx.make_job(args)
     refs = list(sources.iter_refs(job.source))

@@ -103,7 +103,8 @@ def test_load_tee_tiny_goes_through_from_pretrained(tmp_path):
     m1, prov = load_tee("tiny", cache_dir=str(tmp_path))
     m2, _ = load_tee("tiny", cache_dir=str(tmp_path))
     assert prov == "tiny-random/tee-tiny"
-    assert (tmp_path / "tee" / "tee-tiny-seed0" / "model.safetensors").exists()
+    (cached,) = (tmp_path / "tee").glob("tee-tiny-seed0-*")  # named by the registered config's digest
+    assert (cached / "model.safetensors").exists() and m1.config.class_agnostic_boxes
     assert m1.extractor_id() == m2.extractor_id()
     with pytest.raises(FileNotFoundError, match="not a saved TEE"):
         load_tee(str(tmp_path / "nothing-here"))

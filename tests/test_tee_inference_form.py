@@ -101,7 +101,7 @@ def test_only_a_conv_feeding_nothing_but_its_norm_is_folded():
 
 
 def test_class_agnostic_box_head_is_smaller_trains_and_extracts():
-    per_class = build_tee("tee-tiny", classes=CLASSES, seed=0)
+    per_class = build_tee("tee-tiny", classes=CLASSES, seed=0, class_agnostic_boxes=False)
     agnostic = build_tee("tee-tiny", classes=CLASSES, seed=0, class_agnostic_boxes=True)
     d, k = agnostic.config.feature_dim, len(CLASSES)
     removed = sum(p.numel() for p in per_class.parameters()) - sum(p.numel() for p in agnostic.parameters())
@@ -132,9 +132,9 @@ def test_class_agnostic_selection_equals_the_same_box_for_every_class():
 
 
 def test_the_new_config_field_leaves_old_tees_their_ids(tmp_path):
-    plain = build_tee("tee-tiny", classes=CLASSES)
+    plain = build_tee("tee-tiny", classes=CLASSES, class_agnostic_boxes=False)
     assert "class_agnostic_boxes" not in plain.config.to_dict()  # older TEEs' config.json and ids unchanged
-    agnostic = build_tee("tee-tiny", classes=CLASSES, class_agnostic_boxes=True)
+    agnostic = build_tee("tee-tiny", classes=CLASSES)  # the registered configs are class-agnostic
     assert agnostic.config.to_dict()["class_agnostic_boxes"] is True
     eid = agnostic.save_pretrained(str(tmp_path / "tee"))
     back = TEE.from_pretrained(str(tmp_path / "tee"))

@@ -44,10 +44,10 @@ def test_use_threads_sets_torch_and_refuses_zero():
 
 @pytest.mark.parametrize("options,expected", [
     (HandlerOptions(callers=2), 2),  # 4 cores, 2 worker processes
-    (HandlerOptions(callers=1), 4),
+    (HandlerOptions(callers=1), None),  # a lone caller leaves torch's own setting alone
     (HandlerOptions(callers=None), 1),  # Dataflow: one SDK process per vCPU
     (HandlerOptions(callers=4, threads=3), 3),  # --threads wins
-    (HandlerOptions(callers=4, large_model=True), 4),  # one shared copy serves every caller
+    (HandlerOptions(callers=4, large_model=True), None),  # one shared copy serves every caller
     (HandlerOptions(callers=4, large_model=True, model_copies=2), 2),
 ])
 def test_handler_options_give_each_caller_its_share(options, expected):
@@ -73,6 +73,8 @@ def test_tee_handler_sets_the_share_where_it_loads_the_model():
     handler.load_model()
     assert torch.get_num_threads() == 1
     TEEHandler("tiny", None, HandlerOptions(threads=3)).load_model()
+    assert torch.get_num_threads() == 3
+    TEEHandler("tiny", None, HandlerOptions()).load_model()  # alone on the machine: torch's setting stays
     assert torch.get_num_threads() == 3
 
 

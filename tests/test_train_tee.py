@@ -191,14 +191,17 @@ def test_torchrun_two_processes(scenes, tmp_path):
     assert (out / "model" / "model.safetensors").exists()
 
 
-def test_class_agnostic_boxes_train_from_scratch_and_cannot_be_forced_on_a_saved_tee(scenes, tmp_path, capsys):
+def test_box_heads_follow_the_flag_and_cannot_be_changed_on_a_saved_tee(scenes, tmp_path, capsys):
     tr, _ = scenes
-    assert train_tee(_args(tr, tmp_path / "agnostic", 2, "--class-agnostic-boxes")) == 0
-    saved = TEE.from_pretrained(str(tmp_path / "agnostic" / "model"))
-    assert saved.config.class_agnostic_boxes and saved.roi_heads.box_predictor.bbox_pred.out_features == 4
-    assert train_tee(_args(tr, tmp_path / "plain", 1)) == 0
+    assert train_tee(_args(tr, tmp_path / "default", 1)) == 0  # the registered config: class-agnostic
+    assert train_tee(_args(tr, tmp_path / "specific", 1, "--no-class-agnostic-boxes")) == 0
+    default, specific = (TEE.from_pretrained(str(tmp_path / d / "model")) for d in ("default", "specific"))
+    assert default.config.class_agnostic_boxes and default.roi_heads.box_predictor.bbox_pred.out_features == 4
+    assert not specific.config.class_agnostic_boxes
+    assert specific.roi_heads.box_predictor.bbox_pred.out_features == (specific.config.num_classes + 1) * 4
     capsys.readouterr()
-    assert train_tee([*_args(tr, tmp_path / "again", 1), "--tee", str(tmp_path / "plain" / "model"),
-                      "--class-agnostic-boxes"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--class-agnostic-boxes cannot change the box head of a saved TEE" in err[0], err
+    for saved, flag in (("specific", "--class-agnostic-boxes"), ("default", "--no-class-agnostic-boxes")):
+        assert train_tee([*_args(tr, tmp_path / f"again-{saved}", 1), "--tee", str(tmp_path / saved / "model"),
+                          flag]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{flag} cannot change the box head of a saved TEE" in err[0], err

@@ -90,8 +90,9 @@ def add_inference_args(ap: argparse.ArgumentParser, models: str = "teachers") ->
                     help="auto | cpu | cuda | cuda:N; with a runner on this machine, cuda must exist here")
     ru.add_argument("--batch-size", type=int, default=8, help="images per forward pass (RunInference max_batch_size)")
     ru.add_argument("--threads", type=int, default=None,
-                    help="CPU threads per model caller (unset: the machine's cores divided among the runner's "
-                         "workers, --direct_num_workers here; 1 per SDK process on Dataflow)")
+                    help="CPU threads per model caller (unset: an even share of the machine's cores where "
+                         "several workers share it, --direct_num_workers here, 1 per SDK process on Dataflow; "
+                         "PyTorch's default for a lone worker)")
     ru.add_argument("--large-model", action="store_true",
                     help=f"share one copy of the {models} per worker machine across its processes (GPU workers)")
     ru.add_argument("--model-copies", type=int, default=None,

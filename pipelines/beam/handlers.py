@@ -52,14 +52,16 @@ class HandlerOptions:
     # cores: the DirectRunner's --direct_num_workers; None: one per core (Dataflow's Python workers).
     callers: int | None = 1
 
-    def cpu_threads(self, cpus: int | None = None) -> int:
-        """CPU threads each model caller uses (models.threads): --threads, else an even share of the cores."""
+    def cpu_threads(self, cpus: int | None = None) -> int | None:
+        """CPU threads each model caller uses (models.threads): --threads, else an even share of the
+        cores where callers share them; None (torch's own setting, untouched) for a lone caller."""
         from models.threads import threads_per_caller
 
         if self.threads is not None:
             return self.threads
         # --large-model: one process per copy holds the model and serves every caller on the machine
-        return threads_per_caller(self.model_copies or 1 if self.large_model else self.callers, cpus)
+        callers = self.model_copies or 1 if self.large_model else self.callers
+        return None if callers == 1 else threads_per_caller(callers, cpus)
 
 
 class ImageModelHandler(ModelHandler[Work, Work, Any]):
@@ -77,9 +79,12 @@ class ImageModelHandler(ModelHandler[Work, Work, Any]):
 
     def use_cpu_threads(self) -> int:
         """Set this process's torch threads (call from load_model: it runs where the model will)."""
+        import torch
+
         from models.threads import use_threads
 
-        n = use_threads(self.options.cpu_threads())
+        share = self.options.cpu_threads()
+        n = torch.get_num_threads() if share is None else use_threads(share)
         log.info("%s: %d CPU threads per model caller", self.stage or type(self).__name__, n)
         return n
 
