@@ -89,28 +89,23 @@ def main(argv=None) -> int:
     h, w = (int(v) for v in args.image.lower().split("x"))
     if args.forms:
         rows = [r for name in args.tee for r in measure_forms(name, args.classes, args.repeats, h, w)]
-        print(f"{args.classes} classes, image {args.image}, {torch.get_num_threads()} threads; median (min-max) of "
-              f"{args.repeats} interleaved runs; speed-up: as trained / this form, pair by pair (median).")
-        print("| TEE | form | parameters | CPU ms/image | min-max | speed-up |")
-        print("|---|---|---:|---:|---|---:|")
-        for r in rows:
-            print(f"| {r['tee']} | {r['form']} | {r['params'] / 1e6:.2f} M | {r['ms_median']} | "
-                  f"{r['ms_min']}-{r['ms_max']} | {r['speedup']:.2f}x |")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=2)
-        return 0
-    rows = [measure(name, args.classes, args.repeats, h, w) for name in args.tee]
-    print("| TEE | input | classes | parameters | CPU ms/image (median) | min-max | threads |")
-    print("|---|---|---:|---:|---:|---|---:|")
-    for r in rows:
-        print(f"| {r['tee']} | {r['image_size']} ({r['input']} letterboxed) | {r['classes']} | "
-              f"{r['params'] / 1e6:.2f} M | {r['ms_median']} | {r['ms_min']}-{r['ms_max']} | {r['threads']} |")
+        lines = [f"{args.classes} classes, image {args.image}, {torch.get_num_threads()} threads; median (min-max) "
+                 f"of {args.repeats} interleaved runs; speed-up: as trained / this form, pair by pair (median).",
+                 "| TEE | form | parameters | CPU ms/image | min-max | speed-up |", "|---|---|---:|---:|---|---:|"]
+        lines += [f"| {r['tee']} | {r['form']} | {r['params'] / 1e6:.2f} M | {r['ms_median']} | "
+                  f"{r['ms_min']}-{r['ms_max']} | {r['speedup']:.2f}x |" for r in rows]
+    else:
+        rows = [measure(name, args.classes, args.repeats, h, w) for name in args.tee]
+        lines = ["| TEE | input | classes | parameters | CPU ms/image (median) | min-max | threads |",
+                 "|---|---|---:|---:|---:|---|---:|"]
+        lines += [f"| {r['tee']} | {r['image_size']} ({r['input']} letterboxed) | {r['classes']} | "
+                  f"{r['params'] / 1e6:.2f} M | {r['ms_median']} | {r['ms_min']}-{r['ms_max']} | {r['threads']} |"
+                  for r in rows]
+    print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
