@@ -32,6 +32,7 @@ setup(
         "safetensors>=0.4",
         "timm>=1.0,<1.1",
         "pyarrow>=15,<26",
+        "pandas>=2.1",  # every output table opens as a DataFrame (read_table(...).to_pandas(), docs)
         "fsspec>=2024.6",
         "gcsfs>=2024.6",
         "s3fs>=2024.6",
@@ -47,7 +48,8 @@ setup(
     ],
     extras_require={
         # Real storage servers on loopback for the cloud tests (no network).
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2024.8", "moto[server]>=5"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2024.8", "moto[server]>=5",
+                 "datasets>=3"],  # every output folder opens with load_dataset(DIR): tested
     },
     entry_points={
         # One per command (python -m pipelines.X == minivlm-X, underscores as dashes).

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.beam import flags
 from pipelines.cli import EXIT_FAILED, EXIT_USAGE, UsageError, usage_error  # noqa: F401  (this CLI's API)
+from pipelines.data import datacard
 
 if TYPE_CHECKING:
     from pipelines.beam.corpus import CorpusJob
@@ -128,6 +129,7 @@ def prepare_output(output: str, *, overwrite: bool) -> None:
                          "to replace it, or choose another --output")
     for p in previous:
         storage.remove(storage.join(output, p))
+    datacard.remove(output)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -202,12 +204,50 @@ def settle(job: CorpusJob, result, record: dict, t0: float) -> int:
                   extractors=found["extractors"], captioners=found["captioners"], taggers=found["taggers"],
                   **({"problems": problems} if problems else {}))
     sinks.write_run_record(job.output, record)
+    datacard.write(job.output, card(record))
     report(job, counts, found["extractors"], time.monotonic() - t0)
     if not consistent:
         print(f"{PROG}: error: the written shards disagree with the job's counts: {'; '.join(problems)}",
               file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def card(record: dict) -> str:
+    """The corpus's dataset card: its two splits as `train` and `validation` (pipelines/data/datacard.py)."""
+    from pipelines.beam.corpus import SPLIT_DIRS
+    from schemas import CORPUS
+
+    counts = record.get("counts") or {}
+    splits = {"train": f"{SPLIT_DIRS['train']}/*.parquet"}
+    if counts.get("val"):
+        splits["validation"] = f"{SPLIT_DIRS['val']}/*.parquet"
+    models = [f"- TEE extractor ids: {', '.join(f'`{e}`' for e in record.get('extractors') or []) or 'none'}",
+              f"- captioners: {', '.join(f'`{m}`' for m in record.get('captioners') or []) or 'none'}",
+              f"- taggers: {', '.join(f'`{m}`' for m in record.get('taggers') or []) or 'none'}"]
+    if any("tiny-random" in line for line in models):
+        models.append("- Made by tiny random test models (`tiny-random`): the rows show the plumbing works, "
+                      "they are not real labels.")
+    out = record.get("output")
+    lines = [
+        f"The training corpus `build_corpus` joined ({record.get('status')}, finished {record.get('finished_at')}) "
+        f"from labels `{record['inputs']['labels']}` and features `{record['inputs']['features']}`: "
+        f"{counts.get('train', 0)} training rows in `shards/`, {counts.get('val', 0)} validation rows in `val/` "
+        f"(held out by a hash of image_id). One row per image: the teachers' captions and tags, the TEE's regions.",
+        "",
+        "Made by:",
+        *models,
+        "",
+        f"Schema `{CORPUS.name}` version {CORPUS.version} (docs/student.md); `run.json` holds every option and count.",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f"corpus = load_dataset({out!r})   # splits: {', '.join(splits)}",
+        "```",
+        "",
+        datacard.ATTRIBUTION,
+    ]
+    return datacard.render(f"MiniVLM corpus: {out}", {"corpus": splits}, lines, tags=(PROG,))
 
 
 def disagreements(c: dict) -> list[str]:

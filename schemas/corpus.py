@@ -16,6 +16,8 @@ labels column has the same meaning (`region_labels` beside the teacher's `tags`)
                                    `schemas.region_features` reshapes them to (n, d)
   extractor                        the TEE's extractor id
   captioner, tagger                the teachers (model id + revision), null if none ran
+  license, author, original_url    the image's attribution, from its labels row (version 2;
+                                   version-1 corpora lack them and stay readable)
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ SPLITS = ("train", "val")
 
 CORPUS = VersionedSchema(
     name="corpus",
-    version=1,
+    version=2,
+    readable_versions=(1,),  # version 1: the same columns without license, author, original_url
     fields=(
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("sha256", pa.string(), nullable=False),
@@ -49,12 +52,16 @@ CORPUS = VersionedSchema(
         pa.field("extractor", pa.string(), nullable=False),
         pa.field("captioner", pa.string()),
         pa.field("tagger", pa.string()),
+        pa.field("license", pa.string()),
+        pa.field("author", pa.string()),
+        pa.field("original_url", pa.string()),
         pa.field("schema_version", pa.int32(), nullable=False),
     ),
 )
 
 # What the join reads of each input table (the rest stays in the inputs).
-LABELS_COLUMNS = ("image_id", "sha256", "width", "height", "captions", "tags", "captioner", "tagger")
+LABELS_COLUMNS = ("image_id", "sha256", "width", "height", "captions", "tags", "captioner", "tagger", "license",
+                  "author", "original_url")
 FEATURES_COLUMNS = ("image_id", "sha256", "width", "height", "num_regions", "boxes", "scores", "labels",
                     "names", "features", "feature_dim", "extractor")
 
@@ -120,6 +127,9 @@ def corpus_row(labels_row: dict, features_row: dict, split: str) -> dict:
         "extractor": fea.get("extractor"),
         "captioner": lab.get("captioner"),
         "tagger": lab.get("tagger"),
+        "license": lab.get("license"),
+        "author": lab.get("author"),
+        "original_url": lab.get("original_url"),
         "schema_version": CORPUS.version,
     }
     if not row["extractor"]:

@@ -6,6 +6,8 @@ with no attention mask; CLIP on texts padded to the batch's longest, with its ma
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -203,6 +205,30 @@ def similarity_measure(spec: str, cache_dir: str | None = None) -> str:
     return measure_of(str(config.get("model_type", "")))
 
 
+class _UnusedTokenIds(logging.Filter):
+    """transformers checks that a config's special token ids lie inside its text vocabulary. SigLIP's
+    text config keeps CLIP's bos/eos defaults (49406, 49407) beside a 32,000-word vocabulary, the
+    hub's model and its replica alike, so every load warned twice. A tagger embeds texts and never
+    generates: bos and eos ids are unused, the tokenizer brings its own. Other ids still warn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Model config: bos_token_id must be")
+                    or message.startswith("Model config: eos_token_id must be"))
+
+
+@contextlib.contextmanager
+def unused_text_token_ids_unreported():
+    """Drop transformers' out-of-vocabulary bos/eos warnings while a tagger loads (_UnusedTokenIds)."""
+    logger = logging.getLogger("transformers.configuration_utils")
+    quiet = _UnusedTokenIds()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def load_tagger(spec: str, params: TagParams, *, vocab=None, device: str = "auto", cache_dir: str | None = None,
                 trust_remote_code: bool = False, dtype: str = "auto") -> Tagger:
     """vocab: (label, name) pairs already parsed; read from `params.vocab` when None.
@@ -214,6 +240,7 @@ def load_tagger(spec: str, params: TagParams, *, vocab=None, device: str = "auto
     torch_dtype = pick_dtype(dev, dtype)
     check_teacher_dtype(ref, dev, dtype, cache_dir)
     vocab = [tuple(v) for v in vocab] if vocab is not None else load_vocab(params.vocab)
-    model, processor = load_pretrained(ref, AutoModel, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
-                                       device=dev, dtype=torch_dtype)
+    with unused_text_token_ids_unreported():
+        model, processor = load_pretrained(ref, AutoModel, cache_dir=cache_dir, trust_remote_code=trust_remote_code,
+                                           device=dev, dtype=torch_dtype)
     return Tagger(model, processor, vocab, params, dev, attention=use_sdpa(model), dtype=torch_dtype)

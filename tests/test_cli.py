@@ -47,6 +47,7 @@ def test_sample_every_image_is_exactly_one_row(sample_run):
     assert run["beam_counters"] == {k: c[k] for k in run["beam_counters"]}  # the job's counters agree
     assert "[pseudo_label] read" in proc.stderr  # progress while it runs
     assert f"{len(ids)} images" in proc.stderr.strip().splitlines()[-1]
+    assert "token_id must be" not in proc.stderr  # SigLIP's unused bos/eos ids: not reported (teachers/tagger.py)
 
 
 def test_sample_labels_carry_provenance_attribution_and_orientation(sample_run):
@@ -215,3 +216,9 @@ def test_unreachable_remote_manifest_fails_the_job_with_a_record(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("pseudo_label: error: the job failed:")
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["status"] == "failed" and run["error"]
+
+
+def test_the_docs_pandas_example_opens_the_labels(sample_run):
+    out, _ = sample_run
+    labels = read_table(str(out / "labels"), LABELS).to_pandas()  # docs/labeling.md, as written there
+    assert len(labels) == len(_outputs(out)[0]) and {"image_id", "captions", "tags"} <= set(labels.columns)

@@ -338,3 +338,27 @@ def test_trust_remote_code_is_off_by_default_and_warned_about(caplog):
     with caplog.at_level("WARNING", logger="teachers.loading"):
         teachers.load_captioner("tiny", CaptionParams(1, 1, 2), device="cpu", trust_remote_code=True)
     assert any("trust_remote_code is on" in r.message for r in caplog.records)
+
+
+def test_only_the_unused_bos_and_eos_id_warnings_are_dropped_while_a_tagger_loads():
+    import logging
+
+    from teachers.tagger import unused_text_token_ids_unreported
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("transformers.configuration_utils")
+    keep = Keep()
+    logger.addHandler(keep)
+    try:
+        with unused_text_token_ids_unreported():
+            for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                logger.warning(f"Model config: {name} must be `None` or an integer within the vocabulary, got 49406")
+        logger.warning("Model config: bos_token_id must be `None` or an integer within the vocabulary, got 7")
+    finally:
+        logger.removeHandler(keep)
+    assert [m.split()[2] for m in seen] == ["pad_token_id", "bos_token_id"]  # the filter lives only while loading

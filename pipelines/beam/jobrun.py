@@ -46,7 +46,7 @@ from pipelines.beam.flags import HOW_TO_RUN, PER_INVOCATION, RESUME_MAY_CHANGE
 from pipelines.beam.handlers import HandlerOptions
 from pipelines.beam.imagejob import LOCAL_RUNNERS, JobKind, dedupe_mode
 from pipelines.cli import EXIT_FAILED, EXIT_USAGE, UsageError, check_device
-from pipelines.data import sources, storage
+from pipelines.data import datacard, sources, storage
 from schemas import FAILURES, count_rows
 from schemas.io import iter_batches
 
@@ -195,6 +195,7 @@ def prepare_output(output: str, kind: JobKind, *, overwrite: bool, resume: bool,
     if overwrite:
         for p in previous:
             storage.remove(storage.join(output, p))
+        datacard.remove(output)
         return (), []
     if retry_mode:
         status = last.get("status") if last is not None else None
@@ -225,6 +226,51 @@ def count_input(job, kind: JobKind, scratch: str | None = None) -> dict:
         for _ in selection.select(sources.iter_refs(job.source)):
             pass
         return selection.counts()
+
+
+def model_lines(record: dict) -> list[str]:
+    """What made the rows, from a run record: the teachers (labeling) or the TEE (features)."""
+    lines = [f"- {role}: `{t.get('model')}` (asked for as `{t.get('reference')}`)"
+             for role, t in (record.get("teachers") or {}).items() if t]
+    tee = record.get("tee")
+    if tee:
+        lines.append(f"- TEE: `{tee.get('provenance')}`, extractor id `{tee.get('extractor_id')}`")
+    if any("tiny-random" in line for line in lines):
+        lines.append("- Made by tiny random test models (`tiny-random`): the rows show the plumbing works, "
+                     "they are not real labels.")
+    return lines
+
+
+def card(kind: JobKind, record: dict) -> str:
+    """The run folder's dataset card (pipelines/data/datacard.py): its tables as configs, what made them."""
+    counts = record.get("counts") or {}
+    configs = {kind.table: {"train": f"{kind.table}/*.parquet"}}
+    if counts.get("failed"):
+        configs["failures"] = {"train": "failures/*.parquet"}
+    by_stage = ", ".join(f"{stage} {n}" for stage, n in sorted((counts.get("failed_by_stage") or {}).items()))
+    source = (record.get("input") or {}).get("input")
+    lines = [
+        f"Rows of `{kind.name}` ({record.get('status')}, finished {record.get('finished_at')}, {record.get('runner')}) "
+        f"over `{source}`: {counts.get(kind.done, 0)} images {kind.done}, {counts.get('failed', 0)} failed"
+        + (f" ({by_stage})" if by_stage else "") + "."
+        + (" Every input image is one row of one of the two tables." if record.get("status") == "succeeded" else
+           " The counts did not agree when it finished: see run.json."),
+        "",
+        "Made by:",
+        *model_lines(record),
+        "",
+        f"Tables: `{kind.table}/` (schema `{kind.schema.name}` version {kind.schema.version}) and `failures/` "
+        "(image, stage, error type, message); `run.json` holds every option, version and count.",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f"rows = load_dataset({record.get('output')!r})",
+        *([f"failed = load_dataset({record.get('output')!r}, 'failures')"] if "failures" in configs else []),
+        "```",
+        "",
+        datacard.ATTRIBUTION if "license" in {f.name for f in kind.schema.fields} else datacard.NO_ATTRIBUTION,
+    ]
+    return datacard.render(f"MiniVLM {kind.table}: {record.get('output')}", configs, lines, tags=(kind.name,))
 
 
 def count_outputs(output: str, kind: JobKind) -> dict:
@@ -461,6 +507,7 @@ def _run(kind: JobKind, args: argparse.Namespace, job, options: PipelineOptions,
                   wall_seconds=round(time.monotonic() - t0, 3), counts=counts,
                   beam_counters=metrics)  # null where the runner reports none
     sinks.write_run_record(job.output, record)
+    datacard.write(job.output, card(kind, record))
     report(prog, kind, job, counts, record.get("retry"), time.monotonic() - t0)
     if expected != accounted:
         print(f"{prog}: error: {expected} distinct images but {accounted} output rows", file=sys.stderr)
