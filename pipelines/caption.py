@@ -31,6 +31,7 @@ def parser() -> CommandParser:
     ap.add_argument("--json", action="store_true", help="JSON lines on stdout: path, caption, score, tags")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA if present)")
     ap.add_argument("--io-threads", type=int, default=8, help="images read and decoded in parallel")
+    ap.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     return ap
 
 
@@ -89,10 +90,15 @@ def run(argv: list[str] | None = None, out=None, err=None) -> int:
     if tiny_name(captioner.config.init) == TINY_STUDENT:
         print(f"caption: note: {args.checkpoint} grew from a tiny-random fusion (a test model): its captions "
               "show the plumbing works, not what a student can do", file=err)
+    from pipelines.cli.progress import Progress
+
     failed = 0
-    for path, c, problem in caption_paths(captioner, expand(args.images), beam_size=args.num_beams,
+    paths = list(expand(args.images))  # each pattern is listed (sorted) anyway: the total is known
+    progress = Progress(PROG, total=len(paths), quiet=args.quiet, stream=err)
+    for path, c, problem in caption_paths(captioner, paths, beam_size=args.num_beams,
                                           max_length=args.max_new_tokens, greedy=args.greedy,
                                           batch_size=args.batch_size, io_threads=args.io_threads):
+        progress.add()
         if problem is not None:
             failed += 1
             print(f"caption: {path}: {problem}", file=err, flush=True)
@@ -100,6 +106,7 @@ def run(argv: list[str] | None = None, out=None, err=None) -> int:
         line = (json.dumps({"path": path, "caption": c.text, "score": round(c.score, 5), "tags": list(c.tags)})
                 if args.json else f"{path}\t{c.text}")
         print(line, file=out, flush=True)
+    progress.close()
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -67,6 +67,7 @@ def parser() -> CommandParser:
     add_decoding_flags(ap)
     ap.add_argument("--limit", type=int, default=None, help="evaluate on the first N images (by id)")
     ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java process is the slow part)")
+    ap.add_argument("--quiet", action="store_true", help="no progress line on stderr while the student captions")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA if present)")
     return ap
 
@@ -131,24 +132,28 @@ def references_format(args) -> str:
 
 
 def caption_files(captioner, paths: dict[str, str], *, beam_size: int, max_length: int, greedy: bool,
-                  batch_size: int) -> tuple[dict[str, dict], dict[str, str]]:
-    """{image id: path} -> ({id: {caption, score, tags}}, {id: why it failed})."""
+                  batch_size: int, quiet: bool = True) -> tuple[dict[str, dict], dict[str, str]]:
+    """{image id: path} -> ({id: {caption, score, tags}}, {id: why it failed}); a progress line unless quiet."""
+    from pipelines.cli.progress import Progress
     from pipelines.infer.captions import caption_paths
 
     out, failed = {}, {}
     found = caption_paths(captioner, paths.values(), beam_size=beam_size, max_length=max_length, greedy=greedy,
                           batch_size=batch_size)
+    progress = Progress(PROG, total=len(paths), quiet=quiet)
     for image_id, (_, c, problem) in zip(paths, found):
+        progress.add()
         if problem is not None:
             failed[image_id] = problem
         else:
             out[image_id] = {"caption": c.text, "score": c.score, "tags": list(c.tags)}
+    progress.close()
     return out, failed
 
 
 def evaluate(captioner, references: str, images: str, *, teacher_labels: str | None = None, beam_size: int = 5,
              max_length: int = 20, greedy: bool = False, batch_size: int = 8, limit: int | None = None,
-             meteor: bool = True) -> dict:
+             meteor: bool = True, quiet: bool = True) -> dict:
     """The whole evaluation as data: {"results": {row name: metrics}, "predictions", "failed", ...}."""
     from pipelines.data.coco import read_coco_references
     from pipelines.eval.captions import score_captions
@@ -157,7 +162,7 @@ def evaluate(captioner, references: str, images: str, *, teacher_labels: str | N
     ids = sorted(refs)[:limit] if limit else sorted(refs)
     paths = {i: storage.join(images, files[i]) for i in ids}
     preds, failed = caption_files(captioner, paths, beam_size=beam_size, max_length=max_length, greedy=greedy,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, quiet=quiet)
     if not preds:
         raise ValueError(f"no image of {references} could be captioned (first problems: "
                          f"{list(failed.items())[:3]})")
@@ -268,7 +273,8 @@ def run_student(args) -> int:
             raise ValueError(f"{args.checkpoint} has no TEE: it cannot caption images")
         report = evaluate(captioner, args.references, args.images, teacher_labels=args.teacher_labels,
                           beam_size=args.num_beams, max_length=args.max_new_tokens, greedy=args.greedy,
-                          batch_size=args.batch_size, limit=args.limit, meteor=not args.no_meteor)
+                          batch_size=args.batch_size, limit=args.limit, meteor=not args.no_meteor,
+                          quiet=args.quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: Java missing or METEOR failed
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -45,7 +45,8 @@ def test_sample_every_image_is_exactly_one_row(sample_run):
     assert c["distinct_images"] == c["input_rows"] == len(_manifest_ids()) and c["duplicates"] == 0
     assert c["extra_copies_removed"] == 0 and run["dedupe"] == "disk"  # the DirectRunner's selection
     assert run["beam_counters"] == {k: c[k] for k in run["beam_counters"]}  # the job's counters agree
-    assert "[pseudo_label] read" in proc.stderr  # progress while it runs
+    assert "[pseudo_label] read" in proc.stderr or "[pseudo_label] 0/" in proc.stderr  # progress while it runs
+    assert f"/{len(ids)} images (" in proc.stderr  # the selection ran here: done/total and an ETA
     assert f"{len(ids)} images" in proc.stderr.strip().splitlines()[-1]
     assert "token_id must be" not in proc.stderr  # SigLIP's unused bos/eos ids: not reported (teachers/tagger.py)
 
@@ -222,3 +223,9 @@ def test_the_docs_pandas_example_opens_the_labels(sample_run):
     out, _ = sample_run
     labels = read_table(str(out / "labels"), LABELS).to_pandas()  # docs/labeling.md, as written there
     assert len(labels) == len(_outputs(out)[0]) and {"image_id", "captions", "tags"} <= set(labels.columns)
+
+
+def test_quiet_job_prints_no_progress(tmp_path):
+    proc = run_cli(*TINY, *FAST, "--limit", "2", "--quiet", "--output", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[pseudo_label]" not in proc.stderr and "2 images: 2 labeled" in proc.stderr

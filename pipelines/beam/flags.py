@@ -36,7 +36,7 @@ DEFAULT_VOCAB = os.path.join(REPO_ROOT, "schemas", "vocabularies", "default_tags
 PER_INVOCATION = ("output", "overwrite", "resume", "retry_failures")
 # Flags that change how the work runs, not what a row says: --resume and --retry-failures
 # may give them anew.
-HOW_TO_RUN = ("device", "batch_size", "threads", "large_model", "model_copies", "read_retries", "cache_dir",
+HOW_TO_RUN = ("device", "batch_size", "threads", "quiet", "large_model", "model_copies", "read_retries", "cache_dir",
               "rows_per_part", "compression", "dedupe", "trust_remote_code")
 # Flags that say which images to go through: a resumed run may go further into, or over
 # more of, its input (its rows stay). A retry re-reads the run's own input instead.
@@ -101,6 +101,7 @@ def add_inference_args(ap: argparse.ArgumentParser, models: str = "teachers") ->
                     help=f"decode images at about this shorter side (JPEG draft mode); the {models} resize further")
     ru.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                     help="reject images with more pixels than this, before decoding")
+    ru.add_argument("--quiet", action="store_true", help="no progress lines on stderr while the job runs")
     ru.add_argument("--read-retries", type=int, default=3,
                     help="retries for transient read errors over HTTP(S) and local files "
                          "(gs:// and s3:// retry in gcsfs/s3fs)")

@@ -74,6 +74,7 @@ class ImageJob:
     only_retry: bool = False  # a retry without --resume: images never committed are left alone
     scratch_dir: str | None = None  # disk mode: where spill files go (the launcher's temp dir)
     run_id: str = ""  # this run's start time: in its part names, so no other run's part is replaced
+    quiet: bool = False  # --quiet: no progress lines
 
 
 def dedupe_mode(requested: str, runner: str) -> str:
@@ -163,13 +164,16 @@ class SelectOnDisk(beam.DoFn):
         with contextlib.ExitStack() as open_files, plan.Plan(only_retry=self.only_retry,
                                                               directory=spill_dir) as selection:
             selection.load(self.done_parts, self.tables, self.retry)
+            selected = 0
             for n, ref in enumerate(selection.select(sources.iter_refs(spec))):
+                selected = n + 1
                 shard = n % self.shards  # round-robin: the shards differ by one row at most
                 if shard not in files:
                     paths[shard] = os.path.join(spill_dir, f"shard-{shard:05d}.pkl")
                     files[shard] = open_files.enter_context(open(paths[shard], "wb"))
                 pickle.dump(ref, files[shard], protocol=pickle.HIGHEST_PROTOCOL)
             counts = selection.counts()
+            progress.set_total(selected)  # this process's progress line gains done/total and an ETA
         for name, value in counts.items():
             self.counters[name].inc(value)
         if not paths:
@@ -197,12 +201,13 @@ class ReadSpill(beam.DoFn):
 class ReadAndDecode(beam.DoFn):
     """ImageRef -> Work (decoded pixels + facts), or a failures row on tag 'failed'."""
 
-    def __init__(self, decode_size: int, max_pixels: int, retries: int, namespace: str = DEFAULT_NAMESPACE):
+    def __init__(self, decode_size: int, max_pixels: int, retries: int, namespace: str = DEFAULT_NAMESPACE,
+                 quiet: bool = False):
         self.decode_size, self.max_pixels, self.retries = decode_size, max_pixels, retries
-        self.namespace = namespace
+        self.namespace, self.quiet = namespace, quiet
 
     def process(self, ref: sources.ImageRef):
-        progress.bump("read", self.namespace)
+        progress.bump("read", self.namespace, quiet=self.quiet)
         yield self._read_decode(ref)
 
     def _read_decode(self, ref: sources.ImageRef):
@@ -291,7 +296,7 @@ def read_images(p: beam.Pipeline, job: ImageJob, kind: JobKind):
     else:
         todo = select_by_shuffle(p, job, kind)
     decoded = todo | "ReadAndDecode" >> beam.ParDo(
-        ReadAndDecode(job.decode_size, job.max_pixels, job.read_retries, kind.name)
+        ReadAndDecode(job.decode_size, job.max_pixels, job.read_retries, kind.name, quiet=job.quiet)
     ).with_outputs(FAILED, main="ok")
     return decoded.ok, decoded[FAILED]
 
@@ -301,11 +306,11 @@ def commit_outputs(job: ImageJob, kind: JobKind, rows, failures: list):
 
     Returns the (rows, failures) PCollections.
     """
-    rows = rows | f"Count{kind.done.title()}" >> beam.ParDo(progress.CountProgress(kind.done, kind.name))
+    rows = rows | f"Count{kind.done.title()}" >> beam.ParDo(progress.CountProgress(kind.done, kind.name, job.quiet))
     failures = (
         tuple(failures)
         | "AllFailures" >> beam.Flatten()
-        | "CountFailed" >> beam.ParDo(progress.CountProgress("failed", kind.name))
+        | "CountFailed" >> beam.ParDo(progress.CountProgress("failed", kind.name, job.quiet))
     )
     for name, pcoll in ((kind.table, rows), ("failures", failures)):
         pcoll | f"Commit{name.title()}" >> beam.ParDo(sinks.CommitParts(

@@ -79,6 +79,7 @@ def common_job_fields(args: argparse.Namespace) -> dict:
     return dict(source=source, output=args.output.rstrip("/"), handler=handler, decode_size=args.decode_size,
                 max_pixels=args.max_pixels, read_retries=args.read_retries, rows_per_part=args.rows_per_part,
                 compression=args.compression, dedupe=getattr(args, "dedupe", "auto"), retry=retry_mode,
+                quiet=getattr(args, "quiet", False),
                 only_retry=retry_mode is not None and not args.resume)
 
 

@@ -12,6 +12,8 @@ import time
 
 import apache_beam as beam
 
+from pipelines.cli.progress import eta_text
+
 
 class _Tally:
     def __init__(self):
@@ -19,36 +21,50 @@ class _Tally:
         self.counts: dict[str, int] = {}
         self.start = time.monotonic()
         self.last_print = 0.0
+        self.total: int | None = None  # images this run will go through, where this process selected them
 
 
 _TALLY = _Tally()  # per process: telemetry only, never read back by the job
 
 
-def bump(what: str, job: str = "pseudo_label", interval_s: float = 5.0) -> None:
+def set_total(images: int) -> None:
+    """The images this run processes (its selection, done in this process): the line gains done/total and an ETA.
+    Worker processes that did not select (multi-process runners) print without them."""
+    with _TALLY.lock:
+        _TALLY.total = images
+
+
+def bump(what: str, job: str = "pseudo_label", interval_s: float = 5.0, quiet: bool = False) -> None:
     """Count one `what` ("read", "labeled", "extracted", "failed") and maybe print the line."""
     now = time.monotonic()
     with _TALLY.lock:
         _TALLY.counts[what] = _TALLY.counts.get(what, 0) + 1
-        if now - _TALLY.last_print < interval_s:
+        if quiet or now - _TALLY.last_print < interval_s:
             return
         _TALLY.last_print = now
-        c = dict(_TALLY.counts)
+        c, total = dict(_TALLY.counts), _TALLY.total
     finished = sorted(k for k in c if k not in ("read", "failed"))  # labeled / extracted
     done = sum(c[k] for k in finished) + c.get("failed", 0)
-    rate = done / max(now - _TALLY.start, 1e-9)
-    parts = [f"{k} {c.get(k, 0)}" for k in ("read", *finished, "failed")]
-    sys.stderr.write(f"[{job}] {', '.join(parts)}, {rate:.2f} images/s\n")
+    elapsed = max(now - _TALLY.start, 1e-9)
+    rate = done / elapsed
+    parts = ", ".join(f"{k} {c.get(k, 0)}" for k in ("read", *finished, "failed"))
+    if total:
+        eta = f", ETA {eta_text((total - done) / rate)}" if 0 < done < total and rate > 0 else ""
+        line = f"[{job}] {done}/{total} images ({100 * done / total:.0f}%): {parts}, {rate:.2f} images/s{eta}"
+    else:
+        line = f"[{job}] {parts}, {rate:.2f} images/s"
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
 
 class CountProgress(beam.DoFn):
-    """Pass-through that counts elements as `what` (a Beam counter + the progress line)."""
+    """Pass-through that counts elements as `what` (a Beam counter + the progress line unless quiet)."""
 
-    def __init__(self, what: str, namespace: str = "pseudo_label"):
-        self.what, self.namespace = what, namespace
+    def __init__(self, what: str, namespace: str = "pseudo_label", quiet: bool = False):
+        self.what, self.namespace, self.quiet = what, namespace, quiet
         self.counter = beam.metrics.Metrics.counter(namespace, what)
 
     def process(self, element):
         self.counter.inc()
-        bump(self.what, self.namespace)
+        bump(self.what, self.namespace, quiet=self.quiet)
         yield element
