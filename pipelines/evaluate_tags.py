@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="score a tag at or above this (default: the run's own --tag-threshold, from its "
                          "teacher_params); the alias --threshold is kept for compatibility")
     ap.add_argument("--output", metavar="DIR", default=None, help="also write DIR/tag_eval.json")
+    ap.add_argument("--quiet", action="store_true", help="no progress line on stderr while the labels are read")
     args = ap.parse_args(argv)
     check_labels(args.labels)
     return args
@@ -109,10 +110,15 @@ def run(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except UsageError as e:
         return usage_error(PROG, e)
+    from pipelines.cli.progress import Progress
     from pipelines.eval.tags import evaluate, load_classes, read_human_labels, read_predictions
+    from schemas import LABELS, count_rows
 
     try:
-        pred = read_predictions(args.labels)
+        progress = Progress(PROG, total=None if args.quiet else count_rows(args.labels, LABELS), unit="rows",
+                            quiet=args.quiet)
+        pred = read_predictions(args.labels, on_rows=progress.add)
+        progress.close()
         threshold, curve_from = pick_threshold(args.threshold, pred.thresholds)
         classes = load_classes(args.classes)
         human, _ = read_human_labels(args.human_labels, pred.tags.keys())

@@ -152,17 +152,26 @@ def resolve_inputs(args: argparse.Namespace) -> Inputs:
     return Inputs(labels=labels, failures=failures, run_json=run_json, tag_eval=tag_eval)
 
 
-def build(inputs: Inputs, *, samples: int = 24, seed: int = 0) -> dict:
+def build(inputs: Inputs, *, samples: int = 24, seed: int = 0, quiet: bool = True) -> dict:
     """Read everything and aggregate: the summary, the sample rows and the extra documents."""
+    from pipelines.cli.progress import Progress
+    from schemas import count_rows
+
     run_record = read_json(inputs.run_json, "--run-json") if inputs.run_json else None
     tag_eval = check_tag_eval(read_json(inputs.tag_eval, "--tag-eval"), inputs.tag_eval) if inputs.tag_eval else None
     stats = LabelStats(samples=samples, rng=np.random.default_rng(seed))
+    total = None if quiet else (count_rows(inputs.labels, LABELS)  # from the files' footers: cheap
+                                + (count_rows(inputs.failures, FAILURES) if inputs.failures else 0))
+    progress = Progress(PROG, total=total, unit="rows", quiet=quiet)
     for batch in iter_batches(inputs.labels, LABELS, LABEL_COLUMNS):
         stats.add(batch)
+        progress.add(batch.num_rows)
     fails = FailureStats()
     if inputs.failures:
         for batch in iter_batches(inputs.failures, FAILURES, FAILURE_COLUMNS):
             fails.add(batch)
+            progress.add(batch.num_rows)
+    progress.close()
     grid = stats.grid.items
     add_thumbnails(grid)
     labels = stats.summary()
@@ -255,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--output", required=True, help="report directory (local, gs://, s3://)")
     ap.add_argument("--samples", type=int, default=24, help="images in the sample grid")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sample grid and the score samples")
+    ap.add_argument("--quiet", action="store_true", help="no progress line on stderr while the tables are read")
     return ap
 
 
@@ -262,7 +272,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         inputs = resolve_inputs(args)
-        data = build(inputs, samples=args.samples, seed=args.seed)
+        data = build(inputs, samples=args.samples, seed=args.seed, quiet=args.quiet)
     except (ValueError, OSError) as e:  # UsageError, SchemaVersionError, unreadable or missing inputs
         return usage_error(PROG, e)
     try:

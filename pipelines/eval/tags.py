@@ -36,8 +36,8 @@ class Predictions:
     duplicate_rows: int = 0
 
 
-def read_predictions(labels: str, batch_size: int = 10_000) -> Predictions:
-    """Stream the labels table (image_id, tags, teacher_params only)."""
+def read_predictions(labels: str, batch_size: int = 10_000, on_rows=None) -> Predictions:
+    """Stream the labels table (image_id, tags, teacher_params only); on_rows(n) after each batch of n rows."""
     files = parquet_files(labels)
     if not files:
         raise FileNotFoundError(f"--labels {labels}: no Parquet files there")
@@ -46,6 +46,8 @@ def read_predictions(labels: str, batch_size: int = 10_000) -> Predictions:
     interned: dict[str, str] = {}  # one string object per class, however many images have it
     for file in files:
         for batch in iter_file_batches(file, LABELS, ["image_id", "tags", "teacher_params"], batch_size):
+            if on_rows is not None:
+                on_rows(batch.num_rows)
             for image_id, tags, params in zip(*(batch.column(c).to_pylist() for c in batch.schema.names)):
                 out.rows += 1
                 if params not in params_seen:
