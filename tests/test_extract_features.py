@@ -72,7 +72,7 @@ def test_sample_gives_one_features_row_per_image(sample_features, tee):
     assert run["tee"]["extractor_id"] == tee.extractor_id()
     assert run["tee"]["provenance"] == "tiny-random/tee-tiny" and run["tee"]["reference"] == "tiny"
     assert run["tee"]["config"]["feature_dim"] == tee.config.feature_dim
-    assert "[extract_features] read" in proc.stderr
+    assert "[extract_features] 0/22 images (0%): read 1" in proc.stderr  # progress: done/total from the selection
     assert proc.stderr.strip().splitlines()[-1].startswith("extract_features: 22 images: 22 extracted, 0 failed")
 
     cfg = tee.config
