@@ -225,9 +225,6 @@ def card(record: dict) -> str:
     models = [f"- TEE extractor ids: {', '.join(f'`{e}`' for e in record.get('extractors') or []) or 'none'}",
               f"- captioners: {', '.join(f'`{m}`' for m in record.get('captioners') or []) or 'none'}",
               f"- taggers: {', '.join(f'`{m}`' for m in record.get('taggers') or []) or 'none'}"]
-    if any("tiny-random" in line for line in models):
-        models.append("- Made by tiny random test models (`tiny-random`): the rows show the plumbing works, "
-                      "they are not real labels.")
     out = record.get("output")
     lines = [
         f"The training corpus `build_corpus` joined ({record.get('status')}, finished {record.get('finished_at')}) "
@@ -236,7 +233,7 @@ def card(record: dict) -> str:
         f"(held out by a hash of image_id). One row per image: the teachers' captions and tags, the TEE's regions.",
         "",
         "Made by:",
-        *models,
+        *datacard.with_tiny_note(models),
         "",
         f"Schema `{CORPUS.name}` version {CORPUS.version} (docs/student.md); `run.json` holds every option and count.",
         "",

@@ -269,9 +269,9 @@ def select_by_shuffle(p: beam.Pipeline, job: ImageJob, kind: JobKind):
     )
 
 
-def local_workers(p: beam.Pipeline) -> int:
+def local_workers(options) -> int:
     """How many worker processes (or threads) the local runner runs: --direct_num_workers, 0 = one per CPU."""
-    workers = p.options.view_as(DirectOptions).direct_num_workers
+    workers = options.view_as(DirectOptions).direct_num_workers
     if workers == 0:
         return os.cpu_count() or 1
     return max(workers or 1, 1)
@@ -282,7 +282,7 @@ def select_on_disk(p: beam.Pipeline, job: ImageJob, kind: JobKind):
     return (
         p
         | "Input" >> beam.Create([job.source])
-        | "SelectOnDisk" >> beam.ParDo(SelectOnDisk(job, kind.tables, SHARDS_PER_WORKER * local_workers(p), kind.name))
+        | "SelectOnDisk" >> beam.ParDo(SelectOnDisk(job, kind.tables, SHARDS_PER_WORKER * local_workers(p.options), kind.name))
         # A shuffle of a few file names: the worker processes share the shards out.
         | "SpreadShards" >> beam.Reshuffle()
         | "ReadSpill" >> beam.ParDo(ReadSpill())

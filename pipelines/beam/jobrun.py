@@ -34,17 +34,15 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DebugOptions,
-    DirectOptions,
     PipelineOptions,
     StandardOptions,
     TestOptions,
 )
 
-from models.threads import usable_cpus
 from pipelines.beam import plan, retry, sinks
 from pipelines.beam.flags import HOW_TO_RUN, PER_INVOCATION, RESUME_MAY_CHANGE
 from pipelines.beam.handlers import HandlerOptions
-from pipelines.beam.imagejob import LOCAL_RUNNERS, JobKind, dedupe_mode
+from pipelines.beam.imagejob import LOCAL_RUNNERS, JobKind, dedupe_mode, local_workers
 from pipelines.cli import EXIT_FAILED, EXIT_USAGE, UsageError, check_device
 from pipelines.data import datacard, sources, storage
 from schemas import FAILURES, count_rows
@@ -236,10 +234,7 @@ def model_lines(record: dict) -> list[str]:
     tee = record.get("tee")
     if tee:
         lines.append(f"- TEE: `{tee.get('provenance')}`, extractor id `{tee.get('extractor_id')}`")
-    if any("tiny-random" in line for line in lines):
-        lines.append("- Made by tiny random test models (`tiny-random`): the rows show the plumbing works, "
-                     "they are not real labels.")
-    return lines
+    return datacard.with_tiny_note(lines)
 
 
 def card(kind: JobKind, record: dict) -> str:
@@ -408,8 +403,7 @@ def model_callers(options: PipelineOptions, runner: str) -> int | None:
     per core (Dataflow runs one Python SDK process per vCPU), or 1 with the experiment
     no_use_multiple_sdk_containers."""
     if runs_here(runner):
-        workers = options.view_as(DirectOptions).direct_num_workers
-        return usable_cpus() if workers == 0 else max(workers or 1, 1)
+        return local_workers(options)
     experiments = options.view_as(DebugOptions).experiments or []
     return 1 if "no_use_multiple_sdk_containers" in experiments else None
 

@@ -31,6 +31,14 @@ NO_ATTRIBUTION = ("Rows name their image (`image_id`, `source_uri`) but not its 
                   "attribute the author). Model outputs follow the licenses of the models named above.")
 
 
+def with_tiny_note(models: list[str]) -> list[str]:
+    """The card's "made by" lines, and a plain warning when a tiny random test model made the rows."""
+    if any("tiny-random" in line for line in models):
+        return [*models, "- Made by tiny random test models (`tiny-random`): the rows show the plumbing works, "
+                         "they are not real labels."]
+    return models
+
+
 def _quoted(text: str) -> str:
     return json.dumps(text)  # a JSON string is a valid YAML scalar, whatever it holds
 
