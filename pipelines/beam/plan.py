@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Iterable, Iterator
 
 from pipelines.beam import retry, sinks
-from pipelines.beam.idset import BATCH, open_db
+from pipelines.data.idset import BATCH, open_db
 from pipelines.data.sources import ImageRef
 from schemas import VersionedSchema
 

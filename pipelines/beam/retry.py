@@ -20,7 +20,7 @@ import re
 from collections import Counter
 
 from pipelines.beam import sinks
-from pipelines.beam.idset import IdSet
+from pipelines.data.idset import IdSet
 from schemas import FAILURES, VersionedSchema
 
 MODES = ("transient", "all")

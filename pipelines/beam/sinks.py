@@ -21,8 +21,8 @@ import apache_beam as beam
 import fsspec
 import pyarrow.parquet as pq
 
-from pipelines.beam.idset import IdSet
 from pipelines.data import storage
+from pipelines.data.idset import IdSet
 from schemas import VersionedSchema
 
 CODECS = ("zstd", "snappy", "gzip", "brotli", "none")

@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import regex
 
 from schemas import VersionedSchema
 from schemas.io import iter_batches as read_batches
 
-LABEL_COLUMNS = ["image_id", "source_uri", "width", "height", "captions", "tags", "captioner", "tagger",
-                 "teacher_params"]
+LABEL_COLUMNS = ["image_id", "source_uri", "sha256", "width", "height", "license", "author", "captions", "tags",
+                 "captioner", "tagger", "teacher_params"]
 FAILURE_COLUMNS = ["image_id", "stage", "error_type", "message"]
 BATCH_ROWS = 2048
 SCORE_SAMPLE = 20_000
-# Letters and digits, with inner apostrophes ("don't"): punctuation is not vocabulary.
-WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+# Letters and digits with their combining marks (a Devanagari vowel sign is a mark, not a
+# break), with inner apostrophes ("don't"): punctuation is not vocabulary. Scripts written
+# without spaces (Chinese, Japanese) count a whole run as one word.
+WORD = regex.compile(r"[\p{L}\p{N}][\p{L}\p{N}\p{M}]*(?:'[\p{L}\p{N}][\p{L}\p{N}\p{M}]*)*")
 
 
 # ---- bounded-memory aggregates --------------------------------------------------------
@@ -90,28 +92,33 @@ class TopCounter:
 
 
 class BottomK:
-    """A uniform random sample of at most k items from a stream, vectorised per batch.
+    """The k items with the smallest keys in a stream, vectorised per batch.
 
-    Every item draws a random key and the k smallest keys win: one numpy partition per
-    batch instead of a Python loop per item, and only winners are ever materialised.
+    Without keys every item draws a random one: a uniform random sample. With keys (a
+    caption's score) it is the k lowest. One numpy partition per batch instead of a
+    Python loop per item, and only winners are ever materialised.
     """
 
-    def __init__(self, k: int, rng: np.random.Generator):
+    def __init__(self, k: int, rng: np.random.Generator | None = None):
         self.k, self.rng = k, rng
         self.keys = np.empty(0)
         self.items: list = []
 
-    def offer(self, n: int, take) -> None:
+    def offer(self, n: int, take, keys: np.ndarray | None = None) -> None:
         """Offer n items; take(indices) returns the items at those indices (only winners asked for)."""
         if n == 0 or self.k == 0:
             return
-        keys = self.rng.random(n)
+        keys = self.rng.random(n) if keys is None else np.asarray(keys, dtype=np.float64)
         both = np.concatenate([self.keys, keys])
         keep = np.argpartition(both, self.k - 1)[: self.k] if len(both) > self.k else np.arange(len(both))
         keep.sort()
         old, new = keep[keep < len(self.keys)], keep[keep >= len(self.keys)] - len(self.keys)
         self.items = [self.items[i] for i in old] + list(take(new))
         self.keys = np.concatenate([self.keys[old], keys[new]])
+
+    def ordered(self) -> list:
+        """The items, smallest key first."""
+        return [self.items[i] for i in np.argsort(self.keys, kind="stable")]
 
 
 @dataclass
@@ -208,9 +215,9 @@ class LabelStats:
             "images": self.images,
             "captions": {
                 "total": self.captions,
-                "per_image": _int_keys(self.captions_per_image),
-                "words_best": _int_keys(self.best_words),
-                "words_all": _int_keys(self.all_words),
+                "per_image": int_keys(self.captions_per_image),
+                "words_best": int_keys(self.best_words),
+                "words_all": int_keys(self.all_words),
                 "mean_words_best": _mean(self.best_words),
                 "mean_words_all": _mean(self.all_words),
                 "vocabulary_size": self.vocabulary.distinct(),
@@ -223,7 +230,7 @@ class LabelStats:
                 "total": int(sum(k * v for k, v in self.tags_per_image.items())),
                 "distinct": self.tags.distinct(),
                 "counts_approximate": self.tags.approximate,
-                "per_image": _int_keys(self.tags_per_image),
+                "per_image": int_keys(self.tags_per_image),
                 "top": [{"label": k[0], "name": k[1], "count": c} for k, c in self.tags.most_common(50)],
                 "score": self.tag_scores.summary(),
             },
@@ -276,7 +283,7 @@ def _mean(hist: Counter) -> float | None:
     return sum(k * v for k, v in hist.items()) / sum(hist.values()) if hist else None
 
 
-def _int_keys(hist: Counter) -> dict:
+def int_keys(hist: Counter) -> dict:
     return {str(k): v for k, v in sorted(hist.items())}  # JSON object keys are strings
 
 

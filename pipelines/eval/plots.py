@@ -11,19 +11,45 @@ goes through html.escape.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import io
 import json
+import re
 import warnings
 from collections.abc import Sequence
 
+import matplotlib
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+# Tried in order for each character (matplotlib's font fallback): a caption's word in any
+# script draws as itself where these are installed (.ci/run installs the Noto and Droid
+# fonts), as a box where not. Arabic is drawn unshaped, left to right: a plot label only.
+FONTS = ("DejaVu Sans", "Noto Sans", "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Devanagari",
+         "Noto Sans Bengali", "Noto Sans Thai", "Noto Sans CJK JP", "Droid Sans Fallback")
 COLOR = "#3b6ea8"
 SECOND = "#e08a2c"
 DPI = 100
+
+
+@functools.cache
+def _installed_fonts() -> list[str]:
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return [name for name in FONTS if name in installed] or ["sans-serif"]
+
+
+def _any_script(draw):
+    """Draw the figure with the fallback fonts (only while drawing: no global setting is left)."""
+    @functools.wraps(draw)
+    def wrapped(*args, **kwargs):
+        with matplotlib.rc_context({"font.family": _installed_fonts()}):
+            return draw(*args, **kwargs)
+    return wrapped
 
 
 def _png(fig: Figure) -> bytes:
@@ -41,6 +67,7 @@ def _figure(width: float = 6.4, height: float = 3.2) -> tuple[Figure, object]:
     return fig, fig.add_subplot()
 
 
+@_any_script
 def int_histogram(series: dict[str, dict[int, int]], *, title: str, xlabel: str, ylabel: str = "count") -> bytes:
     """Bars of integer-valued counts (caption lengths, tags per image); several series side by side."""
     fig, ax = _figure()
@@ -62,6 +89,7 @@ def int_histogram(series: dict[str, dict[int, int]], *, title: str, xlabel: str,
     return _png(fig)
 
 
+@_any_script
 def value_histogram(series: dict[str, Sequence[float]], *, title: str, xlabel: str, bins: int = 40) -> bytes:
     """A histogram of sampled real values (scores, similarities)."""
     fig, ax = _figure()
@@ -74,6 +102,33 @@ def value_histogram(series: dict[str, Sequence[float]], *, title: str, xlabel: s
     return _png(fig)
 
 
+@_any_script
+def weighted_histogram(series: dict[str, dict[float, int]], *, title: str, xlabel: str, ylabel: str = "count",
+                       bins: int = 40, pad: float = 0.5, marks: dict[str, float] | None = None) -> bytes:
+    """A histogram of exact value -> count tallies (image sizes, aspect ratios), shared bins across series.
+
+    `pad` widens the range on both sides (half a unit for integers), so no value sits on the edge.
+    """
+    fig, ax = _figure()
+    values = [v for counts in series.values() for v in counts]
+    low, high = min(values), max(values)
+    edges = np.linspace(low - pad, high + pad, bins + 1)
+    for i, (name, counts) in enumerate(series.items()):
+        ax.hist(list(counts), bins=edges, weights=list(counts.values()), color=(COLOR, SECOND)[i % 2],
+                alpha=0.7 if len(series) > 1 else 1.0, label=name)
+    for label, x in (marks or {}).items():
+        if low <= x <= high:
+            ax.axvline(x, color="#888", linestyle=":", linewidth=1)
+            ax.text(x, 0.98, f" {label}", transform=ax.get_xaxis_transform(), ha="left", va="top", fontsize=8,
+                    color="#555")
+    if len(series) > 1:
+        ax.legend()
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    return _png(fig)
+
+
+@_any_script
 def top_bars(items: Sequence[tuple[str, int]], *, title: str, xlabel: str = "count") -> bytes:
     """Horizontal bars, largest on top; the figure grows with the number of items so labels stay legible."""
     fig, ax = _figure(6.4, max(2.0, 0.6 + 0.22 * len(items)))
@@ -86,6 +141,7 @@ def top_bars(items: Sequence[tuple[str, int]], *, title: str, xlabel: str = "cou
     return _png(fig)
 
 
+@_any_script
 def failure_bars(by_stage: dict[str, int], by_type: dict[str, int]) -> bytes:
     fig = Figure(figsize=(9.6, max(2.4, 0.6 + 0.25 * max(len(by_stage), len(by_type)))), layout="constrained")
     for ax, counts, title in zip(fig.subplots(1, 2), (by_stage, by_type), ("by stage", "by error type")):
@@ -97,6 +153,7 @@ def failure_bars(by_stage: dict[str, int], by_type: dict[str, int]) -> bytes:
     return _png(fig)
 
 
+@_any_script
 def pr_curve(curve: Sequence[dict], threshold: float, at_threshold: dict) -> bytes:
     """Precision against recall over the tagger's thresholds, the run's own threshold marked."""
     fig, ax = _figure(5.2, 4.0)
@@ -125,8 +182,8 @@ def _short(text: str, limit: int = 40) -> str:
 
 # ---- the page ----------------------------------------------------------------------------
 
-SECTIONS = (("overview", "Overview"), ("captions", "Captions"), ("tags", "Tags"), ("failures", "Failures"),
-            ("samples", "Samples"), ("tag-quality", "Tag quality"))
+SECTIONS = (("overview", "Overview"), ("fix", "What to fix"), ("captions", "Captions"), ("tags", "Tags"),
+            ("images", "Images"), ("failures", "Failures"), ("samples", "Samples"), ("tag-quality", "Tag quality"))
 
 # Lets a headless browser (the tests) tell that every image decoded: it reads these back.
 SCRIPT = """window.addEventListener("load", function () {
@@ -136,7 +193,8 @@ SCRIPT = """window.addEventListener("load", function () {
 });"""
 
 CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232a; margin: 0;
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "Noto Sans", "Droid Sans Fallback", sans-serif;
+       color: #1d232a; margin: 0;
        background: #f4f6f8; }
 header { background: #1f3b57; color: #fff; padding: 16px 28px; }
 header h1 { margin: 0 0 4px; font-size: 22px; }
@@ -172,11 +230,18 @@ pre { background: #f0f3f6; padding: 8px; overflow-x: auto; font-size: 12px; max-
 .card summary { font-weight: normal; font-size: 11px; }
 .chip { display: inline-block; background: #e8f0f9; border-radius: 10px; padding: 0 7px; margin: 2px 2px 0 0; }
 .id { font-family: ui-monospace, monospace; color: #5b6773; }
+.bad { color: #a33; }
 """
 
 
+# Controls and bidi formatting characters in untrusted text: shown as \uXXXX, never acted on
+# (a stray U+202E would turn the rest of a line around). Tab and newline stay (JSON, messages).
+INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
 def esc(value) -> str:
-    return html.escape("" if value is None else str(value))
+    text = html.escape("" if value is None else str(value))
+    return INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def fmt(value) -> str:
@@ -217,8 +282,8 @@ def render_page(data: dict, pngs: dict[str, bytes]) -> str:
     present = [(sid, title) for sid, title in SECTIONS if sid != "tag-quality" or data["tag_eval"]]
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
-    body = [_overview(data), _captions(s["labels"], pngs), _tags(s["labels"], pngs), _failures(s["failures"], pngs),
-            _samples(data["grid"], s["samples"])]
+    body = [_overview(data), _fix(s, data["lowest"]), _captions(s["labels"], pngs), _tags(s["labels"], pngs),
+            _images(s["curation"], pngs), _failures(s["failures"], pngs), _samples(data["grid"], s["samples"])]
     if data["tag_eval"]:
         body.append(_tag_quality(data["tag_eval"], data["run"], pngs))
     nav = "".join(f'<a href="#{sid}">{title}</a>' for sid, title in present)
@@ -345,23 +410,30 @@ def _samples(grid: list[dict], info: dict) -> str:
             "orientation.</p>")
     if not grid:
         return head + "<p>No images to show.</p></section>"
+    return head + _cards(grid) + "</section>"
+
+
+def _cards(rows: list[dict], flag: str | None = None) -> str:
+    """Thumbnail cards; `flag` names the value each row was picked by (row["key"])."""
     cards = []
-    for r in grid:
+    for r in rows:
         if r["thumbnail"]:
             thumb = f'<img src="{r["thumbnail"]}" alt="{esc(r["image_id"])}">'
         else:
             thumb = f'<div class="placeholder">image unavailable<br>{esc(r["thumbnail_error"][:300])}</div>'
-        caps = [f'{esc(c["text"])} <span class="note">({c["score"]:.3g})</span>' for c in r["captions"]]
-        caption = f'<p class="caption">{caps[0]}</p>' if caps else '<p class="note">no caption</p>'
+        # <bdi>: a right-to-left caption reads right to left without reordering its score.
+        caps = [f'<bdi>{esc(c["text"])}</bdi> <span class="note">({c["score"]:.3g})</span>' for c in r["captions"]]
+        caption = f'<p class="caption" dir="auto">{caps[0]}</p>' if caps else '<p class="note">no caption</p>'
         if len(caps) > 1:
             caption += (f"<details><summary>{len(caps) - 1} more</summary><ol start=\"2\">"
                         + "".join(f"<li>{c}</li>" for c in caps[1:]) + "</ol></details>")
-        tags = "".join(f'<span class="chip">{esc(t["name"])} {t["score"]:.2f}</span>' for t in r["tags"])
+        tags = "".join(f'<span class="chip"><bdi>{esc(t["name"])}</bdi> {t["score"]:.2f}</span>' for t in r["tags"])
         turned = ('<div class="note">decoded sideways to the recorded size: a manifest Rotation is not applied '
                   "here</div>") if r.get("orientation_differs") else ""
+        picked = f'<div class="bad">{esc(flag)} {r["key"]:.4g}</div>' if flag else ""
         cards.append(f'<div class="card"><div class="thumb">{thumb}</div><div class="id">{esc(r["image_id"])} '
-                     f'&middot; {r["width"]}&times;{r["height"]}</div>{turned}{caption}{tags}</div>')
-    return head + '<div class="grid">' + "".join(cards) + "</div></section>"
+                     f'&middot; {r["width"]}&times;{r["height"]}</div>{picked}{turned}{caption}{tags}</div>')
+    return '<div class="grid">' + "".join(cards) + "</div>"
 
 
 def _tag_quality(ev: dict, run: dict | None, pngs) -> str:
@@ -382,3 +454,74 @@ def _tag_quality(ev: dict, run: dict | None, pngs) -> str:
             + img(pngs, "tag_pr_curve", "tag precision-recall curve") + "</div>"
             + (f"<details><summary>The 20 most frequent classes</summary>{classes}</details>" if classes else "")
             + "</section>")
+
+
+def _fix(s: dict, lowest: dict) -> str:
+    cur, images = s["curation"], s["counts"]["labeled"]
+    flagged, best = cur["flagged"], cur["best_captions"]
+    parts = ['<section id="fix"><h2>What to fix</h2>']
+    if not images:
+        return parts[0] + "<p>Nothing to check: no image was labeled.</p></section>"
+    warnings_ = []
+    if cur["duplicates"]["groups"]:
+        d = cur["duplicates"]
+        warnings_.append(f"{d['images']:,} images are byte-identical to another ({d['groups']:,} groups by "
+                         f"sha256): {d['images'] - d['groups']:,} of them could go.")
+    if cur["repeated_ids"]["groups"]:
+        warnings_.append(f"{cur['repeated_ids']['images']:,} rows share an image_id with another row: the tables "
+                         "hold the same image more than once.")
+    if best["captioned"] and best["distinct"] * 2 <= best["captioned"]:
+        plural = "" if best["distinct"] == 1 else "s"
+        warnings_.append(f"{best['captioned']:,} images have only {best['distinct']:,} distinct best caption{plural}: "
+                         "the captioner says the same thing about different images.")
+    parts += [f'<div class="warning flag">{esc(w)}</div>' for w in warnings_]
+    by_reason = [(r.replace("_", " "), n) for r, n in flagged["by_reason"].items()]
+    parts.append('<div class="cols"><div><h3>Flagged images</h3>'
+                 + table(["reason", "rows"], by_reason + [("all", flagged["rows"])])
+                 + f'<p>Every flagged image id, with the reason and detail: <a href="{esc(flagged["file"])}" '
+                 f'id="flagged-link">{esc(flagged["file"])}</a> (beside this page).</p></div>')
+    distinct = best["distinct"] / best["captioned"] if best["captioned"] else None
+    parts.append("<div><h3>Best captions</h3>" + kv_table([
+        ("images with a caption", best["captioned"]), ("distinct best captions", best["distinct"]),
+        ("distinct / images", distinct),
+        (f"captions shared by {best['min_repeats']}+ images", best["groups"]),
+        ("images with such a caption", best["images"]),
+        ("exact duplicate images", cur["duplicates"]["images"]), ("repeated image ids", cur["repeated_ids"]["images"]),
+    ]) + "</div></div>")
+    parts.append('<p class="note">Best caption: each image\'s first, the captioner\'s top-ranked. Captions are '
+                 "compared without case, extra spaces or a final full stop. Counts here are exact.</p>")
+    if best["largest"]:
+        parts.append("<h3>Most repeated best captions</h3>" + table(
+            ["caption", "images", "first image"], [(g["key"], g["images"], g["first"]) for g in best["largest"]]))
+    if cur["duplicates"]["largest"]:
+        parts.append("<h3>Exact duplicates</h3>" + table(
+            ["sha256", "images", "first image"],
+            [(g["key"][:16] + "\u2026", g["images"], g["first"]) for g in cur["duplicates"]["largest"]]))
+    for key, what in (("score", "Lowest caption scores"), ("similarity", "Lowest image-text similarity")):
+        rows = lowest[key]
+        if rows:
+            parts.append(f'<h3 id="lowest-{key}">{what}</h3><p class="note">The {len(rows)} images whose best caption '
+                         f"has the lowest {key}, lowest first: the first place to look for wrong captions.</p>"
+                         + _cards(rows, key))
+    return "".join(parts) + "</section>"
+
+
+def _images(cur: dict, pngs) -> str:
+    sizes, attr = cur["sizes"], cur["attribution"]
+    head = '<section id="images"><h2>Images</h2>'
+    if not sizes["images"]:
+        return head + "<p>No images.</p></section>"
+    w, h = sizes["width_range"], sizes["height_range"]
+    rows = [("width min / median / max", f"{w['min']:,} / {w['median']:,} / {w['max']:,}"),
+            ("height min / median / max", f"{h['min']:,} / {h['median']:,} / {h['max']:,}")]
+    authors = (" (approximate: more than 200,000 distinct authors)" if attr["authors_approximate"] else "")
+    licenses = table(["license", "images"], attr["licenses"]) if attr["licenses"] else "<p>No license recorded.</p>"
+    top_authors = table(["author", "images"], attr["authors"]) if attr["authors"] else "<p>No author recorded.</p>"
+    return (head + kv_table(rows) + '<div class="plots">' + img(pngs, "image_sizes", "image sizes")
+            + img(pngs, "aspect_ratios", "aspect ratios") + "</div><h3>Attribution</h3>"
+            + kv_table([("images without a license", attr["without_license"]),
+                        ("images without an author", attr["without_author"]),
+                        ("distinct licenses", attr["distinct_licenses"]),
+                        ("distinct authors" + authors, attr["distinct_authors"])])
+            + f'<div class="cols"><div><h4>Licenses</h4>{licenses}</div>'
+            + f"<div><h4>Top {len(attr['authors'])} authors</h4>{top_authors}</div></div></section>")
