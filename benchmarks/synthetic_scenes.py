@@ -33,6 +33,9 @@ from pipelines.data.sources import OPENIMAGES_COLUMNS
 
 SHAPES = ("circle", "square", "triangle", "star")
 LABEL_PREFIX = "/synth/"
+ATTRIBUTE_PREFIX = "/synth/attr/"
+SMALL_BELOW = 0.3  # shapes narrower than this fraction of the image side are "small", the rest "large"
+SIZES = ("small", "large")
 # Every colour has a 0 or 255 channel and backgrounds stay inside [16, 239], so a pixel of
 # exactly an object's colour can only be that object (tests rely on it).
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -53,6 +56,10 @@ PLACEMENT_TRIES = 50
 MIN_IMAGE_SIZE = 32
 BOX_COLUMNS = ("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,"
                "IsGroupOf,IsDepiction,IsInside").split(",")
+# Open Images' visual relationship file: an attribute is the relationship "is" from an object
+# to an attribute label, with the object's box on both sides.
+RELATIONSHIP_COLUMNS = ("ImageID,LabelName1,LabelName2,XMin1,XMax1,YMin1,YMax1,XMin2,XMax2,YMin2,YMax2,"
+                        "RelationshipLabel").split(",")
 LICENSE = "https://creativecommons.org/publicdomain/zero/1.0/"
 
 
@@ -150,7 +157,8 @@ def make_scene(rng: np.random.Generator, size: int, max_objects: int = 3, empty_
             name = list(PALETTE)[int(rng.choice(usable))]
             pixels[mask] = PALETTE[name]
             occupied |= mask
-            objects.append({"label": LABEL_PREFIX + kind, "name": kind, "color": name, "box": box})
+            objects.append({"label": LABEL_PREFIX + kind, "name": kind, "color": name, "box": box,
+                            "size": "small" if extent < SMALL_BELOW * size else "large"})
             break
     return Image.fromarray(pixels.astype(np.uint8), "RGB"), objects
 
@@ -201,7 +209,8 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
     if n < 1:
         raise ValueError(f"number of images must be positive, not {n}")
     names = {"images_csv": f"{prefix}images.csv", "boxes_csv": f"{prefix}boxes.csv",
-             "classes_csv": f"{prefix}classes.csv", "captions_json": f"{prefix}captions.json"}
+             "classes_csv": f"{prefix}classes.csv", "captions_json": f"{prefix}captions.json",
+             "attributes_csv": f"{prefix}attributes.csv", "attribute_classes_csv": f"{prefix}attribute-classes.csv"}
     paths = {"images_dir": storage.join(out_dir, "images"),
              **{k: storage.join(out_dir, v) for k, v in names.items()}}
     fs, root = fsspec.core.url_to_fs(out_dir)
@@ -216,11 +225,17 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
         w = _writer(f)
         w.writerow(["LabelName", "DisplayName"])
         w.writerows([LABEL_PREFIX + s, s] for s in SHAPES)
+    with fs.open(storage.join(root, names["attribute_classes_csv"]), "w", newline="") as f:
+        w = _writer(f)
+        w.writerow(["LabelName", "DisplayName"])
+        w.writerows([ATTRIBUTE_PREFIX + a, a] for a in (*PALETTE, *SIZES))
     with fs.open(storage.join(root, names["images_csv"]), "w", newline="") as fi, \
-            fs.open(storage.join(root, names["boxes_csv"]), "w", newline="") as fb:
-        images_csv, boxes_csv = _writer(fi), _writer(fb)
+            fs.open(storage.join(root, names["boxes_csv"]), "w", newline="") as fb, \
+            fs.open(storage.join(root, names["attributes_csv"]), "w", newline="") as fa:
+        images_csv, boxes_csv, attributes_csv = _writer(fi), _writer(fb), _writer(fa)
         images_csv.writerow(OPENIMAGES_COLUMNS)
         boxes_csv.writerow(BOX_COLUMNS)
+        attributes_csv.writerow(RELATIONSHIP_COLUMNS)
         for i, image_id in enumerate(ids):
             # One generator per image: scene i does not depend on how scenes before it drew.
             image, objects = make_scene(np.random.default_rng([*stream, i]), size, max_objects, empty_fraction)
@@ -236,8 +251,10 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
             images_csv.writerow([rec.get(c, "") for c in OPENIMAGES_COLUMNS])
             for o in objects:
                 xmin, ymin, xmax, ymax = o["box"]
-                boxes_csv.writerow([image_id, "synthetic", o["label"], 1,
-                                    repr(xmin), repr(xmax), repr(ymin), repr(ymax), 0, 0, 0, 0, 0])
+                coords = [repr(xmin), repr(xmax), repr(ymin), repr(ymax)]
+                boxes_csv.writerow([image_id, "synthetic", o["label"], 1, *coords, 0, 0, 0, 0, 0])
+                for attribute in (o["color"], o["size"]):
+                    attributes_csv.writerow([image_id, o["label"], ATTRIBUTE_PREFIX + attribute, *coords, *coords, "is"])
             counts["boxes"] += len(objects)
             counts["empty"] += not objects
             coco_images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": size, "height": size,
@@ -256,8 +273,9 @@ def write_dataset(out_dir: str, n: int, *, seed: int, size: int, subset: str = "
 
     Layout: images/<ImageID>.jpg (JPEG quality 95) and <prefix>images.csv (Open Images
     image manifest), <prefix>boxes.csv (Open Images boxes), <prefix>classes.csv
-    (LabelName,DisplayName), <prefix>captions.json (COCO captions; each image also lists
-    its objects with colours). `prefix` lets several subsets share one folder and image
+    (LabelName,DisplayName), <prefix>attributes.csv (each object's colour and size as Open
+    Images visual relationships "is"), <prefix>attribute-classes.csv, <prefix>captions.json
+    (COCO captions; each image also lists its objects with colours and sizes). `prefix` lets several subsets share one folder and image
     root, like Open Images' train-/validation- files. ImageIDs are 16 hex digits and every
     file is in ImageID order. The same seed and subset give byte-identical files.
     """

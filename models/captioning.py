@@ -46,14 +46,19 @@ class NotACaptioningCheckpoint(ValueError):
 
 # ---- inputs ------------------------------------------------------------------------------
 
-def tags_from_regions(names: Sequence[str], scores: Sequence[float], min_score: float) -> list[str]:
+def tags_from_regions(names: Sequence[str], scores: Sequence[float], min_score: float,
+                      attributes: Sequence[Sequence[str]] | None = None) -> list[str]:
     """The TEE's tags for an image: distinct names of regions scoring >= min_score, best first.
 
-    Fine-tuning (from stored features) and inference (from a live TEE) both call this, so
-    the student sees the same kind of tags in both.
+    With region attributes (a TEE with an attribute head) a region's tag carries them:
+    "blue small circle" rather than "circle". Fine-tuning (from stored features) and
+    inference (from a live TEE) both call this, so the student sees the same kind of tags
+    in both.
     """
     best: dict[str, float] = {}
-    for name, score in zip(names, scores):
+    for i, (name, score) in enumerate(zip(names, scores)):
+        if name and attributes is not None and i < len(attributes) and attributes[i]:
+            name = " ".join([*attributes[i], name])
         if name and score >= min_score and score > best.get(name, -math.inf):
             best[name] = float(score)
     return sorted(best, key=lambda n: -best[n])
@@ -383,7 +388,8 @@ class StudentCaptioner:
         found = self.model.tee.extract(list(images))
         r = self.config.max_regions
         return self.caption_regions([f.features[:r] for f in found], [f.boxes[:r] for f in found],
-                                    [tags_from_regions(f.names, f.scores, self.config.tag_min_score) for f in found],
+                                    [tags_from_regions(f.names, f.scores, self.config.tag_min_score, f.attributes)
+                                     for f in found],
                                     beam_size=beam_size, max_length=max_length, greedy=greedy, cache=cache)
 
     @torch.inference_mode()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image
 
@@ -72,6 +72,12 @@ class TEEConfig:
     # (docs/benchmarks.md). Written to config.json only when set, so the ids of TEEs saved
     # before it existed stay what they were.
     class_agnostic_boxes: bool = False
+    # (label id, name) of region attributes ("blue", "small"); with any, a multi-label head on
+    # the region feature predicts them (trained where the annotations carry attributes), and
+    # each region reports those scoring >= attribute_thresh. Like class_agnostic_boxes, left
+    # out of config.json at the default.
+    attributes: tuple[tuple[str, str], ...] = ()
+    attribute_thresh: float = 0.5
 
     def __post_init__(self):
         if self.image_size <= 0 or self.image_size % STRIDES[-1]:
@@ -83,6 +89,11 @@ class TEEConfig:
             raise ValueError(f"need 1 <= min_regions <= num_regions, got {self.min_regions}, {self.num_regions}")
         if self.feature_dim < 1 or self.head_channels < 1 or self.fpn_channels < 1:
             raise ValueError("feature_dim, head_channels and fpn_channels must be >= 1")
+        attributes = [a[0] for a in self.attributes]
+        if len(set(attributes)) != len(attributes):
+            raise ValueError("TEE attribute label ids must be unique")
+        if not 0.0 < self.attribute_thresh < 1.0:
+            raise ValueError(f"attribute_thresh must be in (0, 1), not {self.attribute_thresh}")
 
     @property
     def num_classes(self) -> int:
@@ -106,7 +117,7 @@ class TEEConfig:
         return cls(**{**data, **tuples})
 
 
-LATER_FIELDS = {"class_agnostic_boxes": False}  # TEEConfig fields added after TEEs were saved: omitted at default
+LATER_FIELDS = {"class_agnostic_boxes": False, "attributes": (), "attribute_thresh": 0.5}  # TEEConfig fields added after TEEs were saved: omitted at default
 
 
 class SlimBoxHead(nn.Module):
@@ -157,6 +168,10 @@ class Regions:
     labels: list[str]  # label ids
     names: list[str]  # display names
     features: np.ndarray  # (n, feature_dim) float32
+    # With an attribute head: per region the attribute names scoring >= attribute_thresh, best
+    # first, and their scores; None without one.
+    attributes: list[list[str]] | None = None
+    attribute_scores: list[list[float]] | None = None
 
 
 @dataclass
@@ -279,6 +294,7 @@ class TEE(nn.Module):
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=c.roi_batch_per_image,
             positive_fraction=0.25, bbox_reg_weights=None, score_thresh=c.candidate_thresh,
             nms_thresh=c.nms_thresh, detections_per_img=c.num_regions)
+        self.attribute_head = nn.Linear(c.feature_dim, len(c.attributes)) if c.attributes else None
 
     # ---- pieces -------------------------------------------------------------------
 
@@ -310,8 +326,38 @@ class TEE(nn.Module):
         feats = self.pyramid(pixels)
         images = ImageList(pixels, list(sizes))
         proposals, rpn_losses = self.rpn(images, feats, targets)
-        _, roi_losses = self.roi_heads(feats, proposals, images.image_sizes, targets)
-        return {**rpn_losses, **roi_losses}
+        return {**rpn_losses, **self._roi_losses(feats, proposals, images.image_sizes, targets)}
+
+    def _roi_losses(self, feats, proposals, image_sizes, targets) -> dict[str, torch.Tensor]:
+        """torchvision's RoIHeads training step, opened up so the attribute head sees which
+        ground-truth box each sampled region matched."""
+        heads = self.roi_heads
+        proposals, matched, labels, regression_targets = heads.select_training_samples(proposals, targets)
+        region_feats = heads.box_head(heads.box_roi_pool(feats, proposals, image_sizes))  # (R, D)
+        logits, deltas = heads.box_predictor(region_feats)
+        loss_cls, loss_box = fastrcnn_loss(logits, deltas, labels, regression_targets)
+        losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+        if self.attribute_head is not None:
+            losses["loss_attributes"] = self._attribute_loss(region_feats, matched, labels, targets)
+        return losses
+
+    def _attribute_loss(self, region_feats, matched, labels, targets) -> torch.Tensor:
+        """Binary cross-entropy over the attributes of foreground regions whose box has any annotated."""
+        chosen, wanted = [], []
+        start = 0
+        for idx, lab, target in zip(matched, labels, targets):
+            rows = torch.arange(start, start + len(lab), device=lab.device)
+            start += len(lab)
+            if "attributes" not in target or not len(target["attributes"]):
+                continue
+            gt = idx.clamp(min=0)
+            keep = (lab > 0) & target["attributes_known"][gt]
+            chosen.append(rows[keep])
+            wanted.append(target["attributes"][gt[keep]])
+        logits = self.attribute_head(region_feats)  # (R, A)
+        if not chosen or not sum(len(c) for c in chosen):
+            return logits.sum() * 0.0  # no annotated region in this batch: a zero that keeps the graph whole
+        return F.binary_cross_entropy_with_logits(logits[torch.cat(chosen)], torch.cat(wanted))
 
     @torch.inference_mode()
     def detect(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
@@ -326,8 +372,12 @@ class TEE(nn.Module):
         boxes = heads.box_coder.decode(deltas, proposals)  # (R_total, K+1 or 1 (class-agnostic), 4)
         probs = F.softmax(logits, -1)
         counts = [len(p) for p in proposals]
-        return [self._select(b, p, f, size) for b, p, f, size in
-                zip(boxes.split(counts), probs.split(counts), region_feats.split(counts), batch.sizes)]
+        found = [self._select(b, p, f, size) for b, p, f, size in
+                 zip(boxes.split(counts), probs.split(counts), region_feats.split(counts), batch.sizes)]
+        if self.attribute_head is not None:
+            for det in found:
+                det["attributes"] = torch.sigmoid(self.attribute_head(det["features"]))  # (n, A)
+        return found
 
     def _select(self, boxes, probs, feats, size):
         c = self.config
@@ -354,8 +404,20 @@ class TEE(nn.Module):
                 boxes=boxes.numpy().astype(np.float32), scores=det["scores"].float().cpu().numpy(),
                 classes=classes, labels=[self.config.classes[k - 1][0] for k in classes],
                 names=[self.config.classes[k - 1][1] for k in classes],
-                features=det["features"].float().cpu().numpy()))
+                features=det["features"].float().cpu().numpy(),
+                **self._attributes(det.get("attributes"))))
         return out
+
+    def _attributes(self, probs: torch.Tensor | None) -> dict:
+        """(n, A) probabilities -> per region the names scoring >= attribute_thresh, best first."""
+        if probs is None:
+            return {}
+        names, scores = [], []
+        for row in probs.float().cpu().numpy():
+            order = [i for i in np.argsort(-row, kind="stable") if row[i] >= self.config.attribute_thresh]
+            names.append([self.config.attributes[i][1] for i in order])
+            scores.append([float(row[i]) for i in order])
+        return {"attributes": names, "attribute_scores": scores}
 
     # ---- inference form -------------------------------------------------------------
 

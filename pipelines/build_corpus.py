@@ -88,7 +88,7 @@ def check_input(path: str, side: str) -> tuple[str, ...]:
         try:
             found = file_schema(file)
             schema.check(found, where=file)
-            corpus.check_columns(found, columns, file)
+            corpus.check_columns(found, columns, file, schema)
         except (SchemaVersionError, ValueError) as e:
             raise UsageError(f"{flag}: {e}") from e
         except Exception as e:  # not Parquet, unreadable

@@ -36,6 +36,11 @@ def parse_args(argv):
     d.add_argument("--image-path-template", default=sources.DEFAULT_TEMPLATE)
     d.add_argument("--annotations", required=True, help="box CSV: ImageID,Source,LabelName,Confidence,XMin,XMax,...")
     d.add_argument("--classes", required=True, help="class descriptions CSV: LabelName,DisplayName")
+    d.add_argument("--attributes", default=None,
+                   help="Open Images visual relationships CSV sorted by ImageID: its 'is' rows are the boxes' "
+                        "attributes (colour, material...), which train the TEE's attribute head")
+    d.add_argument("--attribute-classes", default=None,
+                   help="attribute descriptions CSV: LabelName,DisplayName (the head's outputs; with --attributes)")
     d.add_argument("--val-images", default=None, help="held-out manifest for mAP@0.5")
     d.add_argument("--val-image-root", default=None)
     d.add_argument("--val-annotations", default=None)
@@ -58,7 +63,7 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def build_model(args, classes):
+def build_model(args, classes, attributes=()):
     from models.tee import TEE, NotATEE, build_tee, list_tees, tiny_name
 
     name = tiny_name(args.tee) or args.tee
@@ -68,6 +73,8 @@ def build_model(args, classes):
             overrides["image_size"] = args.image_size
         if args.class_agnostic_boxes is not None:
             overrides["class_agnostic_boxes"] = args.class_agnostic_boxes
+        if attributes:
+            overrides["attributes"] = tuple(attributes)
         return build_tee(name, classes=classes, seed=args.seed, **overrides)
     if not os.path.isdir(args.tee) and "://" not in args.tee:
         raise ValueError(f"--tee {args.tee!r} is neither a registered config ({', '.join(list_tees())}) "
@@ -79,6 +86,9 @@ def build_model(args, classes):
     if tuple(model.config.classes) != tuple(classes):
         raise ValueError(f"--tee {args.tee} was trained on {model.config.num_classes} other classes than "
                          f"--classes ({len(classes)}); fine-tuning needs the same class list")
+    if tuple(model.config.attributes) != tuple(attributes):
+        raise ValueError(f"--tee {args.tee} has {len(model.config.attributes)} attributes, --attribute-classes "
+                         f"gives {len(attributes)}: fine-tuning needs the same attribute list (or none on both)")
     if args.image_size and args.image_size != model.config.image_size:
         raise ValueError("--image-size cannot change the input size of a saved TEE")
     if args.class_agnostic_boxes is not None and args.class_agnostic_boxes != model.config.class_agnostic_boxes:
@@ -104,8 +114,11 @@ def run(argv: list[str] | None = None) -> int:
                                     path_template=args.image_path_template)
         sources.check(source)
         classes = tuple(read_classes(args.classes))
+        if (args.attributes is None) != (args.attribute_classes is None):
+            raise ValueError("--attributes and --attribute-classes go together")
+        attributes = tuple(read_classes(args.attribute_classes)) if args.attribute_classes else ()
         data = DetectionData(source=source, annotations=args.annotations, classes=classes,
-                             max_pixels=args.max_pixels)
+                             max_pixels=args.max_pixels, attributes=args.attributes, attribute_classes=attributes)
         report = scan(data)
         if report["images"] == 0:
             raise ValueError(f"no usable training images in {args.images}")
@@ -118,7 +131,7 @@ def run(argv: list[str] | None = None) -> int:
             sources.check(val_source)
             val = DetectionData(source=val_source, annotations=args.val_annotations, classes=classes,
                                 max_pixels=args.max_pixels)
-        model = build_model(args, classes)
+        model = build_model(args, classes, attributes)
         dist = init_distributed(cfg.device if cfg.device != "auto" else "cpu")
         stream = DetectionStream(data, image_size=model.config.image_size, hflip=args.hflip,
                                  scale_jitter=args.scale_jitter, shuffle_buffer=args.shuffle_buffer,
@@ -133,6 +146,11 @@ def run(argv: list[str] | None = None) -> int:
         print(f"train_tee: {report['images']} training images ({report['negative_images']} without boxes), "
               f"{report['boxes']} boxes; annotation rows skipped: {report['skipped_rows']} {skipped or ''}; "
               f"{report['annotations_without_image']} annotated images not in the manifest", file=sys.stderr)
+        if "attributes" in report:
+            a = report["attributes"]
+            print(f"train_tee: {a['attributes']} attributes on {a['boxes_with_attributes']} boxes; relationship rows "
+                  f"not attributes {a['not_attributes']}, malformed {a['skipped_malformed']}, unknown labels "
+                  f"{a['skipped_unknown']}, not matching a kept box {a['unmatched']}", file=sys.stderr)
 
     def evaluator(m):
         result = evaluate_tee(m, val, batch_size=cfg.batch_size, limit=args.val_limit)

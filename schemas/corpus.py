@@ -18,6 +18,8 @@ labels column has the same meaning (`region_labels` beside the teacher's `tags`)
   captioner, tagger                the teachers (model id + revision), null if none ran
   license, author, original_url    the image's attribution, from its labels row (version 2;
                                    version-1 corpora lack them and stay readable)
+  region_attributes                per region the TEE's attribute names (features' `attributes`;
+                                   version 3, null where the TEE has no attribute head)
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ SPLITS = ("train", "val")
 
 CORPUS = VersionedSchema(
     name="corpus",
-    version=2,
-    readable_versions=(1,),  # version 1: the same columns without license, author, original_url
+    version=3,
+    # version 1: without license, author, original_url; version 2: without region_attributes
+    readable_versions=(1, 2),
     fields=(
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("sha256", pa.string(), nullable=False),
@@ -55,6 +58,7 @@ CORPUS = VersionedSchema(
         pa.field("license", pa.string()),
         pa.field("author", pa.string()),
         pa.field("original_url", pa.string()),
+        pa.field("region_attributes", pa.list_(pa.list_(pa.string()))),
         pa.field("schema_version", pa.int32(), nullable=False),
     ),
 )
@@ -63,7 +67,7 @@ CORPUS = VersionedSchema(
 LABELS_COLUMNS = ("image_id", "sha256", "width", "height", "captions", "tags", "captioner", "tagger", "license",
                   "author", "original_url")
 FEATURES_COLUMNS = ("image_id", "sha256", "width", "height", "num_regions", "boxes", "scores", "labels",
-                    "names", "features", "feature_dim", "extractor")
+                    "names", "features", "feature_dim", "extractor", "attributes")
 
 
 def corpus_row(labels_row: dict, features_row: dict, split: str) -> dict:
@@ -109,6 +113,9 @@ def corpus_row(labels_row: dict, features_row: dict, split: str) -> dict:
     for name, values in lists.items():
         if values is None or len(values) != n:
             raise ValueError(f"{image_id}: {n} regions but {0 if values is None else len(values)} {name}")
+    attributes = fea.get("attributes")
+    if attributes is not None and len(attributes) != n:
+        raise ValueError(f"{image_id}: {n} regions but {len(attributes)} attribute lists")
     row = {
         "image_id": image_id,
         "sha256": lab["sha256"],
@@ -130,6 +137,7 @@ def corpus_row(labels_row: dict, features_row: dict, split: str) -> dict:
         "license": lab.get("license"),
         "author": lab.get("author"),
         "original_url": lab.get("original_url"),
+        "region_attributes": None if attributes is None else [list(a) for a in attributes],
         "schema_version": CORPUS.version,
     }
     if not row["extractor"]:

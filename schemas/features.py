@@ -10,6 +10,10 @@ list entry per region:
   features  list<float16>                       num_regions * feature_dim values, row-major
                                                 (region 0's vector first); read them back with
                                                 `region_features`, which reshapes to (n, d)
+  attributes        list<list<string>>          (version 2) per region the attribute names the
+                                                TEE's attribute head scored >= its threshold, best
+                                                first; null for a TEE without one (and version 1)
+  attribute_scores  list<list<float32>>         their scores, in the same order
 
 `sha256` (of the file's bytes), `width` and `height` (full resolution after orientation)
 follow the labels table's conventions, so the corpus join can check that a labels row
@@ -29,7 +33,9 @@ BOX = pa.list_(pa.float32(), 4)  # x0, y0, x1, y1
 
 FEATURES = VersionedSchema(
     name="features",
-    version=1,
+    version=2,
+    # Version 1: the same without attributes and attribute_scores (they read as null).
+    readable_versions=(1,),
     fields=(
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("source_uri", pa.string(), nullable=False),
@@ -43,6 +49,8 @@ FEATURES = VersionedSchema(
         pa.field("names", pa.list_(pa.string()), nullable=False),
         pa.field("features", pa.list_(pa.float16()), nullable=False),
         pa.field("feature_dim", pa.int32(), nullable=False),
+        pa.field("attributes", pa.list_(pa.list_(pa.string()))),
+        pa.field("attribute_scores", pa.list_(pa.list_(pa.float32()))),
         pa.field("extractor", pa.string(), nullable=False),
         pa.field("extractor_source", pa.string(), nullable=False),
         pa.field("schema_version", pa.int32(), nullable=False),
@@ -65,6 +73,8 @@ def features_row(
     features,
     extractor: str,
     extractor_source: str,
+    attributes=None,
+    attribute_scores=None,
     extracted_at: datetime | None = None,
 ) -> dict:
     """Build a features row from one image's regions; raises ValueError on inconsistent shapes.
@@ -72,6 +82,7 @@ def features_row(
     boxes (n, 4) normalised xyxy, scores (n,), labels and names n strings each,
     features (n, feature_dim) of any float dtype: stored as float16, so values beyond
     float16's range (|x| > 65504) or non-finite values are refused rather than written as inf.
+    attributes and attribute_scores (both or neither): n lists each, of equal lengths.
     """
     feats = np.asarray(features)
     if feats.ndim != 2 or feats.shape[1] < 1:
@@ -92,6 +103,13 @@ def features_row(
         raise ValueError("boxes and scores must be finite")
     if ((box < 0) | (box > 1)).any() or (box[:, 0] > box[:, 2]).any() or (box[:, 1] > box[:, 3]).any():
         raise ValueError("boxes must be normalised xyxy: 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1")
+    if (attributes is None) != (attribute_scores is None):
+        raise ValueError("attributes and attribute_scores go together")
+    if attributes is not None:
+        attributes = [[str(a) for a in region] for region in attributes]
+        attribute_scores = [[float(x) for x in region] for region in attribute_scores]
+        if len(attributes) != n or [len(a) for a in attributes] != [len(x) for x in attribute_scores]:
+            raise ValueError(f"need {n} attribute lists with one score per attribute")
     with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
         half = feats.astype(np.float16)
     if not np.isfinite(half).all():
@@ -109,6 +127,8 @@ def features_row(
         "names": names,
         "features": half.reshape(-1),
         "feature_dim": int(dim),
+        "attributes": attributes,
+        "attribute_scores": attribute_scores,
         "extractor": extractor,
         "extractor_source": extractor_source,
         "schema_version": FEATURES.version,

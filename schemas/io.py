@@ -47,25 +47,48 @@ def file_schema(file: str, schema: VersionedSchema | None = None) -> pa.Schema:
     return found
 
 
+def _later(schema: VersionedSchema | None, found: pa.Schema, columns: list[str] | None) -> list[pa.Field]:
+    """Requested columns a file of an older (readable) version predates: they read as nulls."""
+    if schema is None or columns is None:
+        return []
+    fields = {f.name: f for f in schema.fields}
+    return [fields[c] for c in columns if c not in found.names and c in fields and fields[c].nullable]
+
+
+def _with_nulls(batch, later: list[pa.Field], columns: list[str]):
+    if not later:
+        return batch
+    arrays = {name: batch.column(name) for name in batch.schema.names}
+    arrays.update({f.name: pa.nulls(batch.num_rows, f.type) for f in later})
+    return type(batch).from_arrays([arrays[c] for c in columns], names=columns)
+
+
 def iter_file_batches(file: str, schema: VersionedSchema | None = None, columns: list[str] | None = None,
                       batch_rows: int = BATCH_ROWS, check=None) -> Iterator[pa.RecordBatch]:
-    """Record batches of one file, only `columns` read; `check(arrow_schema)` may refuse the file first."""
+    """Record batches of one file, only `columns` read; `check(arrow_schema)` may refuse the file first.
+
+    Nullable columns a readable older version did not have come back as nulls."""
     with fsspec.open(file, "rb") as f:
         pf = _open(f)
         if schema is not None:
             schema.check(pf.schema_arrow, where=file)
         if check is not None:
             check(pf.schema_arrow)
-        yield from pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
+        later = _later(schema, pf.schema_arrow, columns)
+        present = [c for c in columns if c not in {f.name for f in later}] if later else columns
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=present, use_threads=False):
+            yield _with_nulls(batch, later, columns)
 
 
 def read_file(file: str, schema: VersionedSchema | None = None, columns: list[str] | None = None) -> pa.Table:
-    """One file as a table, only `columns` read."""
+    """One file as a table, only `columns` read (nullable columns an older version lacks: nulls)."""
     with fsspec.open(file, "rb") as f:
         pf = _open(f)
         if schema is not None:
             schema.check(pf.schema_arrow, where=file)
-        return pf.read(columns=columns, use_threads=False)
+        later = _later(schema, pf.schema_arrow, columns)
+        present = [c for c in columns if c not in {f.name for f in later}] if later else columns
+        return _with_nulls(pf.read(columns=present, use_threads=False), later, columns)
 
 
 def iter_batches(path: str, schema: VersionedSchema, columns: list[str] | None = None,

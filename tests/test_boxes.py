@@ -175,3 +175,43 @@ def test_join_with_file_reader_end_to_end(tmp_path):
     assert [(r.image_id, len(b)) for r, b, _ in out] == [("i1", 1), ("i2", 0), ("i3", 1), ("i4", 0)]
     assert (stats.rows, stats.boxes, stats.skipped_unverified) == (4, 3, 1)
     assert (stats.images_with_boxes, stats.images_without_boxes, stats.annotations_without_image) == (3, 2, 1)
+
+
+# ---- attributes: Open Images visual relationships "is" -------------------------------------
+
+RELATIONSHIP_HEADER = "ImageID,LabelName1,LabelName2,XMin1,XMax1,YMin1,YMax1,XMin2,XMax2,YMin2,YMax2,RelationshipLabel"
+ATTRIBUTES = {"/a/red": 1, "/a/wooden": 2, "/a/small": 3}
+
+
+def _rel(image_id, attribute, label="/m/cat", box=("0.1", "0.5", "0.2", "0.6"), relation="is"):
+    return f"{image_id},{label},{attribute},{','.join(box)},{','.join(box)},{relation}"
+
+
+def test_attributes_land_on_their_boxes_and_every_other_row_is_counted(tmp_path):
+    box_file = _write(tmp_path / "b.csv", [_row("a1"), _row("a1", "/m/dog", xmin="0.6", xmax="0.9"), _row("b2"),
+                                           _row("d4")])
+    rel_file = _write(tmp_path / "r.csv", [
+        _rel("a0", "/a/red"),                                  # image not in the manifest: unmatched
+        _rel("a1", "/a/red"), _rel("a1", "/a/small"),          # both on a1's cat
+        _rel("a1", "/a/wooden", "/m/dog", ("0.6", "0.9", "0.2", "0.6")),  # on a1's dog
+        _rel("a1", "/m/dog", relation="on"),                   # a relationship between objects, not an attribute
+        _rel("a1", "/a/shiny"),                                # attribute not in the list
+        _rel("a1", "/a/red", box=("0.1", "x", "0.2", "0.6")),  # malformed
+        _rel("b2", "/a/red", box=("0.3", "0.5", "0.2", "0.6")),  # no such box on b2: unmatched
+        _rel("d4", "/a/small"), _rel("z9", "/a/small"),        # z9 after the last image: unmatched
+    ], header=RELATIONSHIP_HEADER)
+    refs = [ImageRef(image_id=i, uri=f"mem://{i}", row=n) for n, i in enumerate(("a1", "b2", "c3", "d4"), 1)]
+    stats, astats = BoxStats(), boxes.AttributeStats()
+    samples = boxes.join_sorted(refs, boxes.iter_box_groups(box_file, CLASSES, stats), stats)
+    groups = boxes.iter_attribute_groups(rel_file, CLASSES, ATTRIBUTES, astats)
+    out = {ref.image_id: (a, k) for ref, _, _, a, k in boxes.attach_attributes(samples, groups, 3, astats)}
+    assert out["a1"][0].tolist() == [[1, 0, 1], [0, 1, 0]] and out["a1"][1].tolist() == [True, True]
+    assert out["b2"][1].tolist() == [False] and out["c3"][0].shape == (0, 3)  # c3: no boxes at all
+    assert out["d4"][0].tolist() == [[0, 0, 1]]
+    assert astats.to_dict() == {"rows": 10, "attributes": 7, "not_attributes": 1, "skipped_malformed": 1,
+                                "skipped_unknown": 1, "unmatched": 3}
+    assert astats.rows == astats.attributes + astats.not_attributes + astats.skipped_malformed + astats.skipped_unknown
+
+    unsorted = _write(tmp_path / "u.csv", [_rel("b2", "/a/red"), _rel("a1", "/a/red")], header=RELATIONSHIP_HEADER)
+    with pytest.raises(ValueError, match="relationship file must be sorted by ImageID"):
+        list(boxes.iter_attribute_groups(unsorted, CLASSES, ATTRIBUTES, boxes.AttributeStats()))

@@ -126,6 +126,9 @@ def test_tags_are_the_distinct_confident_region_names_best_first():
     scores = [0.5, 0.9, 0.95, 0.1, 0.3]
     assert tags_from_regions(names, scores, 0.2) == ["dog", "grass", "sky"]
     assert tags_from_regions(names, scores, 0.99) == []  # a teacher-free "nothing found" is allowed
+    # With an attribute head the tags carry each region's attributes: two circles of two colours are two tags.
+    assert tags_from_regions(["circle", "circle", "square"], [0.9, 0.8, 0.7], 0.2,
+                             [["blue", "small"], ["red"], []]) == ["blue small circle", "red circle", "square"]
 
 
 # ---- fine-tuning data -------------------------------------------------------------------------

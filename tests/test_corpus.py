@@ -237,6 +237,27 @@ def _one_line(capsys):
     return err[0]
 
 
+def test_region_attributes_reach_the_corpus_and_version_1_features_still_join(tmp_path):
+    """A TEE with an attribute head writes features v2 with attributes; the corpus carries them as
+    region_attributes. Features written before (v1, no such columns) join on, their attributes null."""
+    v1_schema = pa.schema([f for f in FEATURES.fields if f.name not in ("attributes", "attribute_scores")],
+                          metadata={NAME_KEY: b"features", VERSION_KEY: b"1"})
+    old = {k: v for k, v in fea("a").items() if k in v1_schema.names}
+    (tmp_path / "in/features").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{**old, "schema_version": 1}], schema=v1_schema),
+                   tmp_path / "in/features" / "part-0.parquet")
+    new = features_row(**{**{k: v for k, v in fea("b").items() if k not in (
+        "num_regions", "feature_dim", "schema_version", "extracted_at", "attributes", "attribute_scores")},
+        "boxes": [[0.1, 0.1, 0.5, 0.6]] * 2, "features": np.ones((2, 4)),
+        "attributes": [["blue", "small"], []], "attribute_scores": [[0.9, 0.7], []]})
+    write(tmp_path / "in/features", FEATURES, [new], "part-1.parquet")
+    write(tmp_path / "in/labels", LABELS, [lab("a"), lab("b")])
+    assert build(tmp_path, "--val-fraction", "0") == 0
+    train, _, _ = outputs(tmp_path / "corpus")
+    got = {r["image_id"]: r["region_attributes"] for r in train.to_pylist()}
+    assert got == {"a": None, "b": [["blue", "small"], []]}
+
+
 def test_a_features_table_of_an_unknown_version_is_refused(tmp_path, capsys):
     write(tmp_path / "in/labels", LABELS, [lab("a")])
     write(tmp_path / "in/features", FEATURES, [fea("a")], "part-0.parquet")
@@ -244,7 +265,7 @@ def test_a_features_table_of_an_unknown_version_is_refused(tmp_path, capsys):
           metadata={NAME_KEY: b"features", VERSION_KEY: b"99"})
     assert build(tmp_path) == 2
     line = _one_line(capsys)
-    assert "part-1.parquet has schema version 99; this release reads 1" in line and "--features" in line
+    assert "part-1.parquet has schema version 99; this release reads 2, 1" in line and "--features" in line
     assert not (tmp_path / "corpus").exists()
 
 

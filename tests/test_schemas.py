@@ -126,6 +126,34 @@ def test_features_round_trip_float16_exactly(tmp_path):
         read_table(str(tmp_path / "features"), LABELS)
 
 
+def test_features_v2_carry_region_attributes_and_v1_files_read_them_as_null(tmp_path):
+    from schemas.io import iter_batches
+
+    with_attrs = _features("a", 3, 5, attributes=[["blue", "small"], [], ["red"]],
+                           attribute_scores=[[0.9, 0.6], [], [0.7]])
+    (tmp_path / "v2").mkdir()
+    pq.write_table(FEATURES.to_table([with_attrs, _features("b", 2, 5)]), tmp_path / "v2" / "part-0.parquet")
+    back = read_table(str(tmp_path / "v2"), FEATURES, columns=["image_id", "attributes", "attribute_scores"])
+    assert back.to_pylist() == [
+        {"image_id": "a", "attributes": [["blue", "small"], [], ["red"]],
+         "attribute_scores": [[pytest.approx(0.9), pytest.approx(0.6)], [], [pytest.approx(0.7)]]},
+        {"image_id": "b", "attributes": None, "attribute_scores": None}]  # a TEE without an attribute head
+    # A version-1 file (written before attributes existed) reads on, its attributes null.
+    v1_fields = [f for f in FEATURES.fields if f.name not in ("attributes", "attribute_scores")]
+    v1 = pa.schema(v1_fields, metadata={b"minivlm.schema": b"features", b"minivlm.schema_version": b"1"})
+    row = {k: v for k, v in _features("c", 2, 5).items() if k in v1.names}
+    (tmp_path / "v1").mkdir()
+    pq.write_table(pa.Table.from_pylist([{**row, "schema_version": 1}], schema=v1), tmp_path / "v1" / "p.parquet")
+    for got in (read_table(str(tmp_path / "v1"), FEATURES, columns=["image_id", "attributes"]),
+                pa.Table.from_batches(list(iter_batches(str(tmp_path / "v1"), FEATURES, ["image_id", "attributes"])))):
+        assert got.to_pylist() == [{"image_id": "c", "attributes": None}]
+        assert got.schema.field("attributes").type == pa.list_(pa.list_(pa.string()))
+    with pytest.raises(ValueError, match="one score per attribute"):
+        _features("d", 2, 5, attributes=[["blue"], ["red"]], attribute_scores=[[0.9], []])
+    with pytest.raises(ValueError, match="go together"):
+        _features("d", 2, 5, attributes=[["blue"], ["red"]])
+
+
 @pytest.mark.parametrize("over,match", [
     (dict(features=np.zeros((3, 5, 1))), "features must be"),
     (dict(boxes=np.zeros((2, 4))), "boxes must be"),

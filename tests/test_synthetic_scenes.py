@@ -28,7 +28,7 @@ def test_boxes_are_tight_and_inside_the_image():
         assert image.mode == "RGB" and image.size == (SIZE, SIZE)
         pixels = np.asarray(image)
         for obj in objects:
-            assert set(obj) == {"label", "name", "color", "box"}
+            assert set(obj) == {"label", "name", "color", "size", "box"} and obj["size"] in synth.SIZES
             assert obj["label"] == "/synth/" + obj["name"] and obj["color"] in synth.PALETTE
             xmin, ymin, xmax, ymax = obj["box"]
             assert 0 <= xmin < xmax <= 1 and 0 <= ymin < ymax <= 1
@@ -110,7 +110,23 @@ def test_write_dataset_is_readable_by_sources_and_boxes(tmp_path):
     assert stats.skipped() == 0 and stats.annotations_without_image == 0 and stats.rows == stats.boxes > 0
     assert len(joined) == 30 and stats.images_without_boxes == sum(len(b) == 0 for _, b, _ in joined)
 
+    # Each object's colour and size, as Open Images relationships "is", land on its box.
+    attribute_classes = boxes.read_classes(paths["attribute_classes_csv"])
+    assert [n for _, n in attribute_classes] == [*synth.PALETTE, *synth.SIZES]
+    astats, bstats = boxes.AttributeStats(), boxes.BoxStats()
+    samples = boxes.join_sorted(refs, boxes.iter_box_groups(paths["boxes_csv"], boxes.class_index(classes), bstats),
+                                bstats)
+    groups = boxes.iter_attribute_groups(paths["attributes_csv"], boxes.class_index(classes),
+                                         boxes.class_index(attribute_classes), astats)
+    with_attributes = list(boxes.attach_attributes(samples, groups, len(attribute_classes), astats))
+    assert astats.rows == astats.attributes == 2 * stats.boxes and astats.unmatched == 0
+    names = [n for _, n in attribute_classes]
+
     coco = json.loads((tmp_path / "d" / "captions.json").read_text())
+    for (ref, _, _, attributes, known), image in zip(with_attributes, coco["images"]):
+        assert known.all() and attributes.sum(axis=1).tolist() == [2.0] * len(image["objects"])
+        assert [sorted(names[i] for i in np.flatnonzero(a)) for a in attributes] == [
+            sorted([o["color"], o["size"]]) for o in image["objects"]]
     assert [im["id"] for im in coco["images"]] == ids
     assert [a["image_id"] for a in coco["annotations"]] == ids
     assert {im["file_name"] for im in coco["images"]} == {f"{i}.jpg" for i in ids}

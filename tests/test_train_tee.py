@@ -205,3 +205,40 @@ def test_box_heads_follow_the_flag_and_cannot_be_changed_on_a_saved_tee(scenes, 
                           flag]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"{flag} cannot change the box head of a saved TEE" in err[0], err
+
+
+def test_attribute_head_trains_on_relationships_and_reports_region_attributes(scenes, tmp_path, capsys):
+    """Colour and size as Open Images "is" relationships: the head trains, regions carry attributes,
+    the extractor id and config say so, and a saved TEE's attribute list cannot be swapped."""
+    tr, _ = scenes
+    out = tmp_path / "attr"
+    args = [*_args(tr, out, 2), "--attributes", tr["attributes_csv"], "--attribute-classes",
+            tr["attribute_classes_csv"]]
+    assert train_tee(args) == 0
+    err = capsys.readouterr().err
+    assert "train_tee: " in err and " attributes on " in err and "not matching a kept box 0" in err
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss_attributes"] > 0 for r in rows)
+    tee = TEE.from_pretrained(str(out / "model"))
+    names = [n for _, n in tee.config.attributes]
+    assert "blue" in names and "small" in names and tee.attribute_head.out_features == len(names)
+    assert json.loads((out / "model" / "config.json").read_text())["attributes"][0][0].startswith("/synth/attr/")
+    regions = tee.extract([np.zeros((64, 64, 3), np.uint8), np.full((40, 80, 3), 200, np.uint8)])
+    for r in regions:
+        assert len(r.attributes) == len(r.names) == len(r.attribute_scores)
+        for found, scores in zip(r.attributes, r.attribute_scores):
+            assert set(found) <= set(names) and scores == sorted(scores, reverse=True)
+            assert all(tee.config.attribute_thresh <= s <= 1 for s in scores)
+    assert json.loads((out / "model" / "config.json").read_text())["extractor_id"] == tee.extractor_id()
+    # Without the flags: no head, no attributes on regions, and the saved TEE refuses a different list.
+    assert train_tee(_args(tr, tmp_path / "plain", 1)) == 0
+    no_head = TEE.from_pretrained(str(tmp_path / "plain" / "model"))
+    assert no_head.attribute_head is None and no_head.extract([np.zeros((64, 64, 3), np.uint8)])[0].attributes is None
+    assert "attributes" not in json.loads((tmp_path / "plain" / "model" / "config.json").read_text())
+    capsys.readouterr()
+    assert train_tee([*_args(tr, tmp_path / "swap", 1), "--tee", str(tmp_path / "plain" / "model"),
+                      "--attributes", tr["attributes_csv"], "--attribute-classes", tr["attribute_classes_csv"]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fine-tuning needs the same attribute list" in err[0], err
+    assert train_tee([*_args(tr, tmp_path / "half", 1), "--attributes", tr["attributes_csv"]]) == 2
+    assert "--attributes and --attribute-classes go together" in capsys.readouterr().err

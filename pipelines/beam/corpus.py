@@ -108,8 +108,11 @@ def shard_url(output: str, split: str, index: int, total: int) -> str:
 
 # ---- reading the inputs ---------------------------------------------------------------
 
-def check_columns(schema: pa.Schema, columns, where: str) -> None:
-    missing = [c for c in columns if c not in schema.names]
+def check_columns(schema: pa.Schema, columns, where: str, table=None) -> None:
+    """Refuse a file lacking a column the join needs; nullable columns of `table` (a
+    VersionedSchema) that an older version predates are read as nulls instead."""
+    optional = {f.name for f in table.fields if f.nullable} if table is not None else set()
+    missing = [c for c in columns if c not in schema.names and c not in optional]
     if missing:
         raise ValueError(f"{where} lacks the column(s) {', '.join(missing)}")
 
@@ -146,7 +149,7 @@ class ReadRows(beam.DoFn):
     def process(self, file: str):
         schema, columns = INPUTS[self.side]
         batches = iter_file_batches(file, schema, list(columns), self.batch_rows,
-                                    check=lambda found: check_columns(found, columns, file))
+                                    check=lambda found: check_columns(found, columns, file, schema))
         for batch in batches:
             for row in batch_rows(batch):
                 self.rows.inc()

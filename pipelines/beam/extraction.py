@@ -62,7 +62,8 @@ class MakeFeatureRow(beam.DoFn):
                 image_id=ref.image_id, source_uri=ref.uri, sha256=work.sha256, width=work.width,
                 height=work.height, boxes=regions.boxes, scores=regions.scores, labels=regions.labels,
                 names=regions.names, features=regions.features, extractor=self.extractor,
-                extractor_source=self.source)
+                extractor_source=self.source, attributes=regions.attributes,
+                attribute_scores=regions.attribute_scores)
         except (ValueError, TypeError) as e:
             return failed(ref, "extract", type(e).__name__, str(e))
 

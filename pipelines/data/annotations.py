@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import fsspec
 import numpy as np
@@ -26,6 +26,7 @@ EDGE_TOLERANCE = 1e-6
 SORT_HINT = "sort it by ImageID first, e.g. (head -n1 F; tail -n+2 F | LC_ALL=C sort -t, -k1,1 -s)"
 
 Ref = TypeVar("Ref")
+Item = TypeVar("Item")
 BoxGroup = tuple[str, np.ndarray, np.ndarray]
 
 
@@ -148,18 +149,30 @@ def iter_box_groups(path: str, class_index: dict[str, int], stats: BoxStats) -> 
     negative sample only if the manifest lists it (see join_sorted). Note the CSV's
     column order is XMin,XMax,YMin,YMax while the arrays are xyxy.
     """
+    for image_id, rows in _sorted_groups(path, "box file", REQUIRED_COLUMNS, stats,
+                                         lambda rec: _parse_row(rec, class_index, stats)):
+        yield _group(image_id, rows, stats)
+
+
+def _sorted_groups(path: str, what: str, required: Sequence[str], stats, parse: Callable[[dict], Item | None]
+                   ) -> Iterator[tuple[str, list[Item]]]:
+    """(ImageID, parsed rows) per ImageID of a CSV sorted by ImageID, groups with no usable row left out.
+
+    `parse(record)` returns the row's value or None after counting why not; `stats` needs
+    `rows` and `skipped_malformed`. An unsorted file is refused, not split into groups.
+    """
     with fsspec.open(path, "r", encoding="utf-8-sig", errors="replace", newline="",
                      compression="infer") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, None) or []]
         if not header:
-            raise ValueError(f"box file {path!r} is empty (no header row)")
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            raise ValueError(f"{what} {path!r} is empty (no header row)")
+        missing = [c for c in required if c not in header]
         if missing:
-            raise ValueError(f"box file {path!r} lacks columns {', '.join(missing)}; "
+            raise ValueError(f"{what} {path!r} lacks columns {', '.join(missing)}; "
                              f"header is {','.join(header)[:200]!r}")
         current: str | None = None
-        rows: list[tuple[float, float, float, float, int]] = []
+        rows: list[Item] = []
         while True:
             try:
                 values = next(reader)
@@ -181,16 +194,16 @@ def iter_box_groups(path: str, class_index: dict[str, int], stats: BoxStats) -> 
                 if current is not None and image_id < current:
                     raise ValueError(
                         f"{path}: line {reader.line_num}: ImageID {image_id!r} sorts before the previous "
-                        f"{current!r}; the box file must be sorted by ImageID: {SORT_HINT}"
+                        f"{current!r}; the {what} must be sorted by ImageID: {SORT_HINT}"
                     )
                 if rows:
-                    yield _group(current, rows, stats)
+                    yield current, rows
                 current, rows = image_id, []
-            box = _parse_row(dict(zip(header, values)), class_index, stats)
-            if box is not None:
-                rows.append(box)
+            item = parse(dict(zip(header, values)))
+            if item is not None:
+                rows.append(item)
         if rows:
-            yield _group(current, rows, stats)
+            yield current, rows
 
 
 def _group(image_id: str, rows: list[tuple[float, float, float, float, int]], stats: BoxStats) -> BoxGroup:
@@ -255,4 +268,94 @@ def join_sorted(refs: Iterable[Ref], groups: Iterable[BoxGroup], stats: BoxStats
         group = advance()
 
 
-__all__ = ["BoxStats", "class_index", "iter_box_groups", "join_sorted", "read_classes"]
+# ---- attributes: Open Images visual relationships "is" -----------------------------------
+
+ATTRIBUTE_COLUMNS = ("ImageID", "LabelName1", "LabelName2", "XMin1", "XMax1", "YMin1", "YMax1", "RelationshipLabel")
+# Relationship boxes repeat the box file's numbers; this only absorbs float printing.
+BOX_MATCH_TOLERANCE = 1e-4
+AttributeRow = tuple[int, tuple[float, float, float, float], int]  # (class, xyxy, attribute index 0..A-1)
+
+
+@dataclass
+class AttributeStats:
+    """What happened to every row of a relationship file; rows == attributes + the skips."""
+
+    rows: int = 0
+    attributes: int = 0  # "is" rows kept
+    not_attributes: int = 0  # other relationships ("on", "holds"...): not about one object
+    skipped_malformed: int = 0
+    skipped_unknown: int = 0  # an object class or attribute label not in the lists
+    unmatched: int = 0  # kept rows whose object is not one of the image's kept boxes (or image not listed)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _parse_attribute(rec: dict[str, str], class_index: dict[str, int], attribute_index: dict[str, int],
+                     stats: AttributeStats) -> AttributeRow | None:
+    if rec["RelationshipLabel"].strip() != "is":
+        stats.not_attributes += 1
+        return None
+    try:
+        box = [_clamp(float(rec[k])) for k in ("XMin1", "YMin1", "XMax1", "YMax1")]
+    except ValueError:
+        box = [None]
+    if any(v is None for v in box):
+        stats.skipped_malformed += 1
+        return None
+    label, attribute = class_index.get(rec["LabelName1"].strip()), attribute_index.get(rec["LabelName2"].strip())
+    if label is None or attribute is None:
+        stats.skipped_unknown += 1
+        return None
+    stats.attributes += 1
+    return label, tuple(box), attribute - 1
+
+
+def iter_attribute_groups(path: str, class_index: dict[str, int], attribute_index: dict[str, int],
+                          stats: AttributeStats) -> Iterator[tuple[str, list[AttributeRow]]]:
+    """(ImageID, [(class, box xyxy, attribute index)]) per image of a relationship CSV sorted by ImageID.
+
+    `attribute_index` maps attribute LabelNames to 1-based indices (class_index of the
+    attribute list); rows of other relationships are counted, not kept.
+    """
+    yield from _sorted_groups(path, "relationship file", ATTRIBUTE_COLUMNS, stats,
+                              lambda rec: _parse_attribute(rec, class_index, attribute_index, stats))
+
+
+def attach_attributes(samples: Iterable[tuple[Ref, np.ndarray, np.ndarray]],
+                      groups: Iterable[tuple[str, list[AttributeRow]]], num_attributes: int,
+                      stats: AttributeStats) -> Iterator[tuple[Ref, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """join_sorted's samples with each box's attributes: (ref, boxes, labels, attributes (n, A)
+    float32 0/1, known (n,) bool).
+
+    `known` marks boxes with at least one attribute row: annotators label attributes on
+    some objects only, so an object without rows is unknown, not "none of them". A row
+    is matched to the image's box of the same class within BOX_MATCH_TOLERANCE.
+    """
+    it = iter(groups)
+    group = next(it, None)
+    for ref, boxes, labels in samples:
+        attributes = np.zeros((len(boxes), num_attributes), np.float32)
+        known = np.zeros(len(boxes), bool)
+        image_id = None if getattr(ref, "error", None) else ref.image_id
+        while image_id is not None and group is not None and group[0] < image_id:
+            stats.unmatched += len(group[1])
+            group = next(it, None)
+        if image_id is not None and group is not None and group[0] == image_id:
+            for label, box, attribute in group[1]:
+                close = np.abs(boxes - np.asarray(box, np.float32)).max(axis=1, initial=0) <= BOX_MATCH_TOLERANCE
+                hit = np.flatnonzero(close & (labels == label)) if len(boxes) else []
+                if len(hit):
+                    attributes[hit[0], attribute] = 1.0
+                    known[hit[0]] = True
+                else:
+                    stats.unmatched += 1
+            group = next(it, None)
+        yield ref, boxes, labels, attributes, known
+    while group is not None:  # the rest of the file: attributes of images the samples do not have
+        stats.unmatched += len(group[1])
+        group = next(it, None)
+
+
+__all__ = ["AttributeStats", "BoxStats", "attach_attributes", "class_index", "iter_attribute_groups",
+           "iter_box_groups", "join_sorted", "read_classes"]

@@ -32,8 +32,8 @@ from pipelines.train.streams import ResumableStream, shuffled
 
 log = logging.getLogger(__name__)
 CORPUS_COLUMNS = ["image_id", "captions", "num_regions", "boxes", "features", "feature_dim", "region_names",
-                  "region_scores"]
-FEATURES_COLUMNS = ["image_id", "num_regions", "boxes", "features", "feature_dim", "names", "scores"]
+                  "region_scores", "region_attributes"]
+FEATURES_COLUMNS = ["image_id", "num_regions", "boxes", "features", "feature_dim", "names", "scores", "attributes"]
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,9 @@ class CaptionStream(ResumableStream):
         keep = min(n, self.max_regions)
         names = row.get("region_names", row.get("names")) or []
         scores = row.get("region_scores", row.get("scores")) or []
+        attributes = row.get("region_attributes", row.get("attributes"))
         return CaptionSample(image_id=row["image_id"], caption=captions[int(rng.integers(len(captions)))],
-                             tags=tags_from_regions(names, scores, self.tag_min_score),
+                             tags=tags_from_regions(names, scores, self.tag_min_score, attributes),
                              features=row["features"].reshape(n, d)[:keep].astype(np.float32),
                              boxes=row["boxes"].reshape(n, 4)[:keep].astype(np.float32),
                              seed=int(rng.integers(2**63 - 1)))

@@ -18,7 +18,15 @@ import torch
 
 from models.tee import letterbox, to_chw
 from pipelines.data import images, sources, storage
-from pipelines.data.annotations import BoxStats, class_index, iter_box_groups, join_sorted
+from pipelines.data.annotations import (
+    AttributeStats,
+    BoxStats,
+    attach_attributes,
+    class_index,
+    iter_attribute_groups,
+    iter_box_groups,
+    join_sorted,
+)
 from pipelines.train.streams import ResumableStream, by_index, shuffled
 
 log = logging.getLogger(__name__)
@@ -31,6 +39,10 @@ class DetectionData:
     classes: tuple[tuple[str, str], ...]  # (LabelName, DisplayName); class index = position + 1
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     read_retries: int = 3
+    # Open Images visual relationships ("is" rows are attributes) and the attribute list; the
+    # TEE's attribute head trains on them. None: no attributes (every box's are unknown).
+    attributes: str | None = None
+    attribute_classes: tuple[tuple[str, str], ...] = ()
 
 
 def iter_samples(data: DetectionData, stats: BoxStats) -> Iterator[tuple[sources.ImageRef, np.ndarray, np.ndarray]]:
@@ -39,16 +51,31 @@ def iter_samples(data: DetectionData, stats: BoxStats) -> Iterator[tuple[sources
     return join_sorted(sources.iter_refs(data.source), groups, stats)
 
 
+def iter_attributed(data: DetectionData, stats: BoxStats, astats: AttributeStats):
+    """iter_samples with each box's attributes: (ref, boxes, labels, attributes (n, A) 0/1, known (n,))."""
+    samples = iter_samples(data, stats)
+    if data.attributes is None:
+        a = len(data.attribute_classes)
+        return ((ref, b, lab, np.zeros((len(b), a), np.float32), np.zeros(len(b), bool)) for ref, b, lab in samples)
+    groups = iter_attribute_groups(data.attributes, class_index(data.classes), class_index(data.attribute_classes),
+                                   astats)
+    return attach_attributes(samples, groups, len(data.attribute_classes), astats)
+
+
 def scan(data: DetectionData) -> dict:
-    """One streamed pass over manifest and boxes (no image reads): what training will see."""
-    stats = BoxStats()
-    usable = negatives = 0
-    for ref, boxes, _ in iter_samples(data, stats):
+    """One streamed pass over manifest, boxes and attributes (no image reads): what training will see."""
+    stats, astats = BoxStats(), AttributeStats()
+    usable = negatives = attributed = 0
+    for ref, boxes, _, _, known in iter_attributed(data, stats, astats):
         if ref.error:
             continue
         usable += 1
         negatives += len(boxes) == 0
-    return {"images": usable, "negative_images": negatives, **stats.to_dict(), "skipped_rows": stats.skipped()}
+        attributed += int(known.sum())
+    out = {"images": usable, "negative_images": negatives, **stats.to_dict(), "skipped_rows": stats.skipped()}
+    if data.attributes is not None:
+        out["attributes"] = {**astats.to_dict(), "boxes_with_attributes": attributed}
+    return out
 
 
 def read_image(ref: sources.ImageRef, data: DetectionData, decode_size: int) -> np.ndarray:
@@ -91,12 +118,12 @@ class DetectionStream(ResumableStream):
         self.shuffle_buffer = shuffle_buffer
 
     def items(self, epoch: int, readers: int, slot: int):
-        usable = (s for s in iter_samples(self.data, BoxStats()) if not s[0].error)
+        usable = (s for s in iter_attributed(self.data, BoxStats(), AttributeStats()) if not s[0].error)
         mixed = shuffled(usable, self.shuffle_buffer, random.Random(self.seed * 1_000_003 + epoch))
         return by_index(mixed, readers, slot)  # one manifest stream: split by position
 
     def load(self, item, rng: np.random.Generator):
-        ref, boxes, labels = item
+        ref, boxes, labels, attributes, known = item
         try:
             pixels = read_image(ref, self.data, self.image_size)
         except Exception as e:  # one unreadable image must not stop training
@@ -107,6 +134,9 @@ class DetectionStream(ResumableStream):
         big = ((px[:, 2] - px[:, 0]) >= 1) & ((px[:, 3] - px[:, 1]) >= 1)  # sub-pixel boxes teach nothing
         target = {"boxes": torch.from_numpy(px[big]).float().reshape(-1, 4),
                   "labels": torch.from_numpy(labels[big]).long()}
+        if self.data.attribute_classes:
+            target["attributes"] = torch.from_numpy(attributes[big]).float().reshape(-1, attributes.shape[1])
+            target["attributes_known"] = torch.from_numpy(known[big])
         return x, content, target
 
 

@@ -117,14 +117,17 @@ def iter_rows(files: list[str], readers: int = 1, slot: int = 0, batch_rows: int
               columns: list[str] = COLUMNS):
     """Rows of the given shards as dicts (features and boxes kept as flat arrays), this reader's share.
 
-    `columns` must include features and boxes; corpus and features tables both work."""
-    from schemas.io import iter_file_batches
+    `columns` must include features and boxes; corpus and features tables both work. A
+    column a file does not have (one an older version predates) is left out of its rows."""
+    from schemas.io import file_schema, iter_file_batches
 
     by_shard = len(files) >= readers
     mine = files[slot::readers] if by_shard else files
     position = 0
     for f in mine:
-        for rb in iter_file_batches(f, columns=columns, batch_rows=batch_rows):
+        names = set(file_schema(f).names)
+        present = [c for c in columns if c in names or c in ("features", "boxes")]
+        for rb in iter_file_batches(f, columns=present, batch_rows=batch_rows):
             feats, boxes = rb.column("features"), rb.column("boxes")
             flat = feats.flatten().to_numpy(zero_copy_only=False)  # float16, all rows of the batch
             offsets = feats.offsets.to_numpy()
@@ -132,7 +135,7 @@ def iter_rows(files: list[str], readers: int = 1, slot: int = 0, batch_rows: int
             box_flat = boxes.flatten().flatten().to_numpy(zero_copy_only=False)
             box_off = boxes.offsets.to_numpy()
             box_off = box_off - box_off[0]
-            meta = rb.select([c for c in columns if c not in ("features", "boxes")]).to_pylist()
+            meta = rb.select([c for c in present if c not in ("features", "boxes")]).to_pylist()
             for j, row in enumerate(meta):
                 position += 1
                 if not by_shard and (position - 1) % readers != slot:
