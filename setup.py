@@ -66,6 +66,9 @@ setup(
             "minivlm-evaluate-captions=pipelines.evaluate_captions:main",
             "minivlm-report=pipelines.report:main",
             "minivlm-evaluate-tags=pipelines.evaluate_tags:main",
+            "minivlm-finetune-vqa=pipelines.finetune_vqa:main",
+            "minivlm-evaluate-vqa=pipelines.evaluate_vqa:main",
+            "minivlm-answer=pipelines.answer:main",
         ],
     },
 )

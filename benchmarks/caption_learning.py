@@ -61,13 +61,14 @@ def write_labels(coco_json: str, image_root: str, out_dir: str) -> int:
     return len(rows)
 
 
-def stage(name: str, fn, argv: list[str], times: dict) -> None:
+def stage(name: str, fn, argv: list[str], times: dict, prog: str = "caption_learning") -> None:
+    """Run one command's run(argv), timed into `times`; a failing stage ends the benchmark."""
     t = time.monotonic()
     rc = fn(argv)
     times[name] = round(time.monotonic() - t, 1)
-    print(f"caption_learning: {name}: exit {rc}, {times[name]:.0f} s", file=sys.stderr, flush=True)
+    print(f"{prog}: {name}: exit {rc}, {times[name]:.0f} s", file=sys.stderr, flush=True)
     if rc != 0:
-        raise SystemExit(f"caption_learning: {name} failed (exit {rc})")
+        raise SystemExit(f"{prog}: {name} failed (exit {rc})")
 
 
 PREPARED = "prepared.json"  # in --work once data, TEE, features and corpus are done: what made them

@@ -193,6 +193,39 @@ def caption_for(objects: list[dict]) -> str:
     return text
 
 
+def _centre(o: dict) -> tuple[float, float]:
+    return (o["box"][0] + o["box"][2]) / 2, (o["box"][1] + o["box"][3]) / 2
+
+
+def questions_for(objects: list[dict], rng: np.random.Generator) -> list[tuple[str, str, str, str]]:
+    """VQA questions about a scene with their one right answer: (question, answer, answer_type,
+    question_type). Always a count; a colour question when some shape occurs once; a shape
+    question when some colour occurs once; with two objects or more, a yes/no position question
+    ("left of" as the captions mean it)."""
+    out = []
+    # Mostly a shape the scene has: otherwise "0" would answer most count questions.
+    present = rng.random() < 0.6 and objects
+    shape = objects[int(rng.integers(len(objects)))]["name"] if present else SHAPES[int(rng.integers(len(SHAPES)))]
+    count = sum(o["name"] == shape for o in objects)
+    out.append((f"how many {shape}s are there?", str(count), "number", "how many"))
+    unique = [o for o in objects if sum(p["name"] == o["name"] for p in objects) == 1]
+    if unique:
+        o = unique[int(rng.integers(len(unique)))]
+        out.append((f"what color is the {o['name']}?", o["color"], "other", "what color is the"))
+    lone = [o for o in objects if sum(p["color"] == o["color"] for p in objects) == 1]
+    if lone and rng.random() < 0.5:
+        o = lone[int(rng.integers(len(lone)))]
+        out.append((f"what shape is the {o['color']} object?", o["name"], "other", "what shape is the"))
+    elif len(objects) >= 2:
+        i, j = rng.choice(len(objects), size=2, replace=False)
+        a, b = objects[int(i)], objects[int(j)]
+        (ax, ay), (bx, by) = _centre(a), _centre(b)
+        left = bx - ax >= abs(by - ay)
+        out.append((f"is the {a['color']} {a['name']} left of the {b['color']} {b['name']}?", "yes" if left else "no",
+                    "yes/no", "is the"))
+    return out
+
+
 def _image_ids(rng: np.random.Generator, n: int) -> list[str]:
     ids: set[str] = set()
     while len(ids) < n:
@@ -210,7 +243,8 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
         raise ValueError(f"number of images must be positive, not {n}")
     names = {"images_csv": f"{prefix}images.csv", "boxes_csv": f"{prefix}boxes.csv",
              "classes_csv": f"{prefix}classes.csv", "captions_json": f"{prefix}captions.json",
-             "attributes_csv": f"{prefix}attributes.csv", "attribute_classes_csv": f"{prefix}attribute-classes.csv"}
+             "attributes_csv": f"{prefix}attributes.csv", "attribute_classes_csv": f"{prefix}attribute-classes.csv",
+             "vqa_questions_json": f"{prefix}vqa-questions.json", "vqa_annotations_json": f"{prefix}vqa-annotations.json"}
     paths = {"images_dir": storage.join(out_dir, "images"),
              **{k: storage.join(out_dir, v) for k, v in names.items()}}
     fs, root = fsspec.core.url_to_fs(out_dir)
@@ -220,7 +254,7 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
     stream = [seed, zlib.crc32(subset.encode("utf-8"))]
     ids = _image_ids(np.random.default_rng(stream), n)
     counts = {"images": n, "empty": 0, "boxes": 0}
-    coco_images, coco_captions = [], []
+    coco_images, coco_captions, vqa_questions, vqa_annotations = [], [], [], []
     with fs.open(storage.join(root, names["classes_csv"]), "w", newline="") as f:
         w = _writer(f)
         w.writerow(["LabelName", "DisplayName"])
@@ -260,10 +294,23 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
             coco_images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": size, "height": size,
                                 "objects": [{**o, "box": list(o["box"])} for o in objects]})
             coco_captions.append({"id": i + 1, "image_id": image_id, "caption": caption})
+            # Its own generator: the scenes stay what they were before questions existed.
+            for k, (question, answer, answer_type, question_type) in enumerate(
+                    questions_for(objects, np.random.default_rng([*stream, i, 7]))):
+                qid = i * 10 + k
+                vqa_questions.append({"question_id": qid, "image_id": image_id, "question": question})
+                vqa_annotations.append({"question_id": qid, "image_id": image_id, "answer_type": answer_type,
+                                        "question_type": question_type, "multiple_choice_answer": answer,
+                                        "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": a + 1}
+                                                    for a in range(10)]})
     coco = {"info": {"description": "synthetic shapes", "seed": seed, "subset": subset},
             "images": coco_images, "annotations": coco_captions}
     with fs.open(storage.join(root, names["captions_json"]), "w") as f:
         json.dump(coco, f, indent=1)
+    with fs.open(storage.join(root, names["vqa_questions_json"]), "w") as f:  # the VQA v2 layout
+        json.dump({"info": coco["info"], "questions": vqa_questions}, f)
+    with fs.open(storage.join(root, names["vqa_annotations_json"]), "w") as f:
+        json.dump({"info": coco["info"], "annotations": vqa_annotations}, f)
     return paths, counts
 
 
@@ -275,7 +322,9 @@ def write_dataset(out_dir: str, n: int, *, seed: int, size: int, subset: str = "
     image manifest), <prefix>boxes.csv (Open Images boxes), <prefix>classes.csv
     (LabelName,DisplayName), <prefix>attributes.csv (each object's colour and size as Open
     Images visual relationships "is"), <prefix>attribute-classes.csv, <prefix>captions.json
-    (COCO captions; each image also lists its objects with colours and sizes). `prefix` lets several subsets share one folder and image
+    (COCO captions; each image also lists its objects with colours and sizes), and
+    <prefix>vqa-questions.json + <prefix>vqa-annotations.json (VQA v2 layout: counts, colours,
+    shapes, positions; ten identical human answers each). `prefix` lets several subsets share one folder and image
     root, like Open Images' train-/validation- files. ImageIDs are 16 hex digits and every
     file is in ImageID order. The same seed and subset give byte-identical files.
     """

@@ -425,12 +425,17 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
+def resolve_device(device: str) -> str:
+    """--device auto -> CUDA if present, else CPU; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_student_captioner(checkpoint: str, *, device: str = "auto") -> StudentCaptioner:
     """A captioning checkpoint (local, gs://, s3://) -> StudentCaptioner on `device` (auto: CUDA if present)."""
     directory = resolve_checkpoint(checkpoint)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = MiniVLM.from_pretrained(directory, map_location=device)
+    model = MiniVLM.from_pretrained(directory, map_location=resolve_device(device))
     if model.tee is not None:
         model.tee.fold_batchnorms()  # loaded to caption, never to train: the inference form
     return StudentCaptioner(model, load_tokenizer(directory), checkpoint)

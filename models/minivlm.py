@@ -38,7 +38,7 @@ BOX_DIMS = 6
 TIED = ("mlm.predictions.decoder.weight", "mlm.predictions.decoder.bias")
 WORD_EMBEDDINGS = "embeddings.word_embeddings"  # in BertModel
 MATCHED, POLLUTED_CAPTION, POLLUTED_TAGS = 0, 1, 2
-TASKS = ("pretraining", "captioning")
+TASKS = ("pretraining", "captioning", "vqa")
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,13 @@ class MiniVLMConfig:
     mask_token_id: int = 103
     embedding_rank: int | None = None  # factorised word embedding (V, r) x (r, H); None: the full (V, H) one
     init: str = "random"  # where the fusion weights started: a hub id, a directory, tiny[:<name>], random
-    task: str = "pretraining"  # pretraining | captioning (set by pipelines.finetune_caption)
+    task: str = "pretraining"  # pretraining | captioning | vqa (set by pipelines.finetune_caption / finetune_vqa)
     tag_min_score: float = 0.2  # captioning: TEE regions at least this confident give the tags
     extractor_id: str | None = None  # the TEE whose features this fusion reads
     tee: dict | None = field(default=None)  # TEEConfig.to_dict() of the bundled TEE
+    # vqa: the answer vocabulary, the VQA head's outputs (normalised answers, most frequent first).
+    # Left out of config.json while empty, so the configs of earlier checkpoints read as they were.
+    answers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -80,6 +83,8 @@ class MiniVLMConfig:
         if self.embedding_rank is not None and not 1 <= self.embedding_rank <= self.hidden_size:
             raise ValueError(f"embedding_rank must be in [1, hidden_size {self.hidden_size}], "
                              f"not {self.embedding_rank}")
+        if (self.task == "vqa") != bool(self.answers):
+            raise ValueError("a vqa student needs an answer vocabulary, and only a vqa student has one")
         if self.text_length > self.max_position_embeddings:
             raise ValueError(f"caption + tag tokens ({self.text_length}) exceed max_position_embeddings")
 
@@ -104,14 +109,17 @@ class MiniVLMConfig:
                           layer_norm_eps=self.layer_norm_eps, pad_token_id=self.pad_token_id, type_vocab_size=2)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not data["answers"]:
+            del data["answers"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "MiniVLMConfig":
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown MiniVLM config keys: {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**{**data, **({"answers": tuple(data["answers"])} if "answers" in data else {})})
 
 
 def seq2seq_attention(caption_slot: int, context: int, device=None) -> torch.Tensor:
@@ -242,7 +250,21 @@ class MiniVLM(nn.Module):
             self.mlm.predictions.decoder = FactorisedDecoder(words, self.mlm.predictions.bias)
         self.contrastive = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh(),
                                          nn.Linear(config.hidden_size, 3))
+        self.vqa = self._vqa_head(config) if config.answers else None
         self.tee = tee
+
+    @staticmethod
+    def _vqa_head(config: MiniVLMConfig) -> nn.Module:
+        """OSCAR's VQA classifier on [CLS]: widen, GELU, LayerNorm, one logit per answer."""
+        h = config.hidden_size
+        return nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(), nn.LayerNorm(2 * h, eps=config.layer_norm_eps),
+                             nn.Linear(2 * h, len(config.answers)))
+
+    def start_vqa(self, answers: list[str], tag_min_score: float) -> None:
+        """Turn a pre-trained student into a VQA one: task, answer vocabulary and a fresh head."""
+        self.config = replace(self.config, task="vqa", answers=tuple(answers), tag_min_score=tag_min_score)
+        device = next(self.parameters()).device
+        self.vqa = self._vqa_head(self.config).to(device)
 
     # ---- the shared encoder ------------------------------------------------------------
 
@@ -306,10 +328,30 @@ class MiniVLM(nn.Module):
             acc = (logits.argmax(-1) == labels[chosen]).float().mean() if chosen.any() else torch.tensor(0.0)
         return {"caption_loss": loss, "caption_accuracy": acc}
 
+    def answer_logits(self, batch: dict) -> torch.Tensor:
+        """[CLS] question [SEP] tags [SEP] regions, everyone seeing everyone -> (B, answers) logits."""
+        if self.vqa is None:
+            raise ValueError("this student has no VQA head (fine-tune it with pipelines.finetune_vqa)")
+        hidden = self.encode(batch["input_ids"], batch["token_type_ids"], batch["text_mask"],
+                             batch["region_features"], batch["region_boxes"], batch["region_mask"])
+        return self.vqa(hidden[:, 0])
+
+    def vqa_outputs(self, batch: dict) -> dict:
+        """batch from pipelines.train.vqa_data.VQACollate -> binary cross-entropy against the soft
+        scores (summed over answers, as OSCAR and BUTD do) and the VQA score of the top answer."""
+        logits = self.answer_logits(batch)  # (B, A)
+        targets = batch["answer_scores"]  # (B, A), each answer's VQA accuracy
+        loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+        with torch.no_grad():
+            score = targets.gather(1, logits.argmax(-1, keepdim=True)).mean()
+        return {"vqa_loss": loss, "vqa_score": score}
+
     def forward(self, batch: dict) -> dict:
-        # one entry point for both objectives, so DistributedDataParallel sees every call
+        # one entry point for every objective, so DistributedDataParallel sees every call
         if "caption_labels" in batch:
             return self.caption_outputs(batch)
+        if "answer_scores" in batch:
+            return self.vqa_outputs(batch)
         return self.pretraining_outputs(batch)
 
     # ---- persistence ---------------------------------------------------------------------

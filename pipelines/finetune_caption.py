@@ -118,6 +118,9 @@ def run(argv: list[str] | None = None) -> int:
         init = resolve_checkpoint(args.init)
         model = MiniVLM.from_pretrained(init)
         tokenizer = load_tokenizer(init)
+        if model.config.task not in ("pretraining", "captioning"):
+            raise ValueError(f"--init {args.init} is a {model.config.task} MiniVLM checkpoint, not a pre-trained "
+                             "one (pipelines.train_student's output) or a captioning one to go on with")
         if model.tee is None:
             raise ValueError(f"--init {args.init} has no TEE: captioning from images needs one")
         tag_min = args.tag_min_score if args.tag_min_score is not None else model.tee.config.score_thresh

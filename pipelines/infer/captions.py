@@ -59,7 +59,7 @@ def read_image(path: str, size: int = 512):
     return decode_image(storage.read_bytes(path), target_size=size).pixels
 
 
-def _read(path: str, size: int):
+def read_or_problem(path: str, size: int):
     try:
         return path, read_image(path, size), None
     except Exception as e:  # every way an image can fail is this image's problem, not the run's
@@ -67,7 +67,7 @@ def _read(path: str, size: int):
         return path, None, f"{reason}: {e}"
 
 
-def _batches(items: Iterator, n: int) -> Iterator[list]:
+def batches(items: Iterator, n: int) -> Iterator[list]:
     batch = []
     for item in items:
         batch.append(item)
@@ -84,7 +84,7 @@ def caption_paths(captioner, paths: Iterable[str], *, beam_size: int = 5, max_le
     read and decoded ahead of the model in threads; a bad one costs only its own entry."""
     size = captioner.model.tee.config.image_size
     with ThreadPoolExecutor(io_threads) as pool:
-        for batch in _batches(pool.map(lambda p: _read(p, size), paths), batch_size):
+        for batch in batches(pool.map(lambda p: read_or_problem(p, size), paths), batch_size):
             good = [img for _, img, problem in batch if problem is None]
             captions = iter(captioner(good, beam_size=beam_size, max_length=max_length, greedy=greedy)
                             if good else [])

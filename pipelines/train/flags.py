@@ -115,6 +115,12 @@ def check_kind(flag: str, path: str, wanted: str, accepted: tuple[str, ...]) -> 
         raise UsageError(f"{flag} {path} is {kind}, not {wanted}")
 
 
+def check_task(model, flag: str, path: str, wanted: str, what: str) -> None:
+    """A student checkpoint of another task than a command takes: one line (UsageError)."""
+    if model.config.task != wanted:
+        raise UsageError(f"{flag} {path} is a {model.config.task} MiniVLM checkpoint, not {what}")
+
+
 def print_notes(prog: str, notes: list[str]) -> None:
     """The notes and warnings of `preflight`, once (rank 0 of a torchrun job)."""
     import sys

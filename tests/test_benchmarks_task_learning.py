@@ -1,0 +1,34 @@
+"""The task learning check stays runnable by one command (a few steps of each stage), and its
+caption colour measure counts what it says."""
+import json
+
+import pytest
+
+from benchmarks.task_learning import caption_colour_accuracy, main
+
+
+def test_caption_colour_accuracy_counts_colour_shape_phrases_against_the_scene():
+    scenes = {"a": [{"color": "blue", "name": "circle"}, {"color": "red", "name": "square"}], "b": []}
+    predictions = {"a": {"caption": "a blue circle left of a green square, which is above a red square"},
+                   "b": {"caption": "an empty scene"}}
+    assert caption_colour_accuracy(predictions, scenes) == (pytest.approx(2 / 3), 3)
+    assert caption_colour_accuracy({"b": {"caption": "nothing"}}, scenes) == (None, 0)
+
+
+@pytest.mark.slow
+def test_task_learning_runs_every_stage_and_writes_its_keys(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    assert main(["--work", str(tmp_path / "work"), "--train-images", "40", "--val-images", "8", "--scene-size", "96",
+                 "--tee-steps", "2", "--pretrain-steps", "2", "--caption-steps", "2", "--vqa-steps", "2",
+                 "--batch-size", "8", "--beam-size", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("vqa_accuracy", "vqa_majority_baseline", "vqa_colour_accuracy", "caption_colour_accuracy",
+                "caption_cider", "minutes", "pretrain_contrastive_accuracy"):
+        assert key in result, key
+    assert result["attributes"] is True and 0 <= result["vqa_accuracy"] <= 1
+    assert set(result["stage_seconds"]) >= {"train_tee", "extract_features", "extract_val_features", "build_corpus",
+                                            "train_student", "finetune_caption", "finetune_vqa", "evaluate_vqa"}
+    assert "| vqa_accuracy |" in capsys.readouterr().out
+    # The TEE was trained with its attribute head and the features carry region attributes.
+    config = json.loads((tmp_path / "work" / "tee" / "model" / "config.json").read_text())
+    assert [n for _, n in config["attributes"]][:2] == ["red", "green"]
