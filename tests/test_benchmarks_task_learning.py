@@ -9,10 +9,12 @@ from benchmarks.task_learning import caption_colour_accuracy, main
 
 def test_caption_colour_accuracy_counts_colour_shape_phrases_against_the_scene():
     scenes = {"a": [{"color": "blue", "name": "circle"}, {"color": "red", "name": "square"}], "b": []}
-    predictions = {"a": {"caption": "a blue circle left of a green square, which is above a red square"},
+    predictions = {"a": {"caption": "a blue circle left of a green square, which is above a red star"},
                    "b": {"caption": "an empty scene"}}
-    assert caption_colour_accuracy(predictions, scenes) == (pytest.approx(2 / 3), 3)
-    assert caption_colour_accuracy({"b": {"caption": "nothing"}}, scenes) == (None, 0)
+    # blue circle: right; green square: a square in another colour, wrong; red star: no star, a shape error
+    assert caption_colour_accuracy(predictions, scenes) == {"colour_accuracy": 0.5, "named": 2,
+                                                            "phrase_accuracy": pytest.approx(1 / 3), "phrases": 3}
+    assert caption_colour_accuracy({"b": {"caption": "nothing"}}, scenes)["colour_accuracy"] is None
 
 
 @pytest.mark.slow

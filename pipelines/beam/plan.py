@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Iterable, Iterator
 
 from pipelines.beam import retry, sinks
-from pipelines.data.idset import BATCH, open_db
+from pipelines.data.idset import insert_batched, open_db
 from pipelines.data.sources import ImageRef
 from schemas import VersionedSchema
 
@@ -86,16 +86,8 @@ class Plan:
 
     def commit(self, marks: Iterable[tuple[str, str]]) -> None:
         """Record (image_id, DONE | RETRY) pairs of earlier runs; DONE wins over RETRY."""
-        sql = ("INSERT INTO ids (id, mark) VALUES (?, ?) "
-               "ON CONFLICT (id) DO UPDATE SET mark = MIN(mark, excluded.mark)")
-        batch: list[tuple[str, str]] = []
-        for pair in marks:
-            batch.append(pair)
-            if len(batch) >= BATCH:
-                self.db.executemany(sql, batch)
-                batch = []
-        if batch:
-            self.db.executemany(sql, batch)
+        insert_batched(self.db, "INSERT INTO ids (id, mark) VALUES (?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET mark = MIN(mark, excluded.mark)", marks)
 
     def load(self, done_parts: Iterable[tuple[str, str]], tables: dict[str, VersionedSchema],
              retry_mode: str | None) -> None:

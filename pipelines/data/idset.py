@@ -31,12 +31,41 @@ def open_db(directory: str) -> sqlite3.Connection:
     return db
 
 
-class IdSet:
+def insert_batched(db: sqlite3.Connection, sql: str, rows: Iterable[tuple]) -> None:
+    """executemany in batches of BATCH rows: a stream of any length, memory of one batch."""
+    batch: list[tuple] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= BATCH:
+            db.executemany(sql, batch)
+            batch = []
+    if batch:
+        db.executemany(sql, batch)
+
+
+class OnDisk:
+    """A private SQLite database in a temporary directory, deleted on close; a context manager."""
+
+    def __init__(self, prefix: str, directory: str | None = None):
+        self.directory = tempfile.mkdtemp(prefix=prefix, dir=directory)
+        self.db = open_db(self.directory)
+
+    def close(self) -> None:
+        self.db.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class IdSet(OnDisk):
     """A set of strings on disk, each with an integer mark; `with IdSet() as ids: ...`."""
 
     def __init__(self, directory: str | None = None):
-        self.directory = tempfile.mkdtemp(prefix="minivlm-ids-", dir=directory)
-        self.db = open_db(self.directory)
+        super().__init__("minivlm-ids-", directory)
         self.db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, mark INTEGER NOT NULL) WITHOUT ROWID")
 
     def add(self, image_id: str, mark: int = 0) -> bool:
@@ -44,14 +73,7 @@ class IdSet:
         return self.db.execute("INSERT OR IGNORE INTO ids VALUES (?, ?)", (image_id, mark)).rowcount == 1
 
     def add_all(self, image_ids: Iterable[str], mark: int = 0) -> None:
-        batch: list[tuple[str, int]] = []
-        for image_id in image_ids:
-            batch.append((image_id, mark))
-            if len(batch) >= BATCH:
-                self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?)", batch)
-                batch = []
-        if batch:
-            self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?)", batch)
+        insert_batched(self.db, "INSERT OR IGNORE INTO ids VALUES (?, ?)", ((i, mark) for i in image_ids))
 
     def mark(self, image_id: str) -> int | None:
         """The id's mark, or None if it is not in the set."""
@@ -64,18 +86,8 @@ class IdSet:
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM ids").fetchone()[0]
 
-    def close(self) -> None:
-        self.db.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "IdSet":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class KeyGroups:
+class KeyGroups(OnDisk):
     """(key, image id) pairs on disk, then the keys that several images share, exactly.
 
     The data card's exact duplicates (key: sha256), repeated captions (key: the caption)
@@ -85,21 +97,13 @@ class KeyGroups:
     """
 
     def __init__(self, directory: str | None = None):
-        self.directory = tempfile.mkdtemp(prefix="minivlm-groups-", dir=directory)
-        self.db = open_db(self.directory)
+        super().__init__("minivlm-groups-", directory)
         self.db.execute("CREATE TABLE pairs (key TEXT NOT NULL, id TEXT NOT NULL)")
         self.indexed = False
 
     def add_all(self, pairs: Iterable[tuple[str, str]]) -> None:
         assert not self.indexed, "pairs added after the groups were read"
-        batch: list[tuple[str, str]] = []
-        for pair in pairs:
-            batch.append(pair)
-            if len(batch) >= BATCH:
-                self.db.executemany("INSERT INTO pairs VALUES (?, ?)", batch)
-                batch = []
-        if batch:
-            self.db.executemany("INSERT INTO pairs VALUES (?, ?)", batch)
+        insert_batched(self.db, "INSERT INTO pairs VALUES (?, ?)", pairs)
 
     def _index(self) -> None:
         # One sort at the end is much cheaper than keeping an index up to date per insert.
@@ -130,13 +134,3 @@ class KeyGroups:
         yield from self.db.execute(
             "SELECT p.key, p.id, g.size, g.first FROM (SELECT key, COUNT(*) AS size, MIN(id) AS first FROM pairs "
             "GROUP BY key HAVING size >= ?) AS g JOIN pairs AS p ON p.key = g.key ORDER BY p.key, p.id", (min_size,))
-
-    def close(self) -> None:
-        self.db.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> "KeyGroups":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
