@@ -34,3 +34,8 @@ def test_task_learning_runs_every_stage_and_writes_its_keys(tmp_path, capsys):
     # The TEE was trained with its attribute head and the features carry region attributes.
     config = json.loads((tmp_path / "work" / "tee" / "model" / "config.json").read_text())
     assert [n for _, n in config["attributes"]][:2] == ["red", "green"]
+    from schemas import FEATURES, read_table
+
+    features = read_table(str(tmp_path / "work" / "extract_val_features" / "features"), FEATURES,
+                          columns=["num_regions", "attributes", "attribute_scores"]).to_pylist()
+    assert len(features) == 8 and all(len(r["attributes"]) == r["num_regions"] for r in features)

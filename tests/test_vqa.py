@@ -208,3 +208,23 @@ def test_answer_refuses_bad_flags_and_other_checkpoints_with_one_line(chain, tmp
     assert answer(argv, out=io.StringIO(), err=err) == 2
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(chain, tmp_path):
+    import torch
+
+    root, qf, af = chain
+
+    def args(out, *extra):
+        return ["--init", str(root / "pretrained"), "--train", qf, "--train-annotations", af, "--features",
+                str(root / "corpus"), "--output", str(out), "--max-steps", "4", "--batch-size", "8",
+                "--warmup-steps", "0", "--num-workers", "0", "--no-progress", "--log-every", "1",
+                "--checkpoint-every", "2", *extra]
+
+    assert finetune(args(tmp_path / "straight")) == 0
+    assert finetune(args(tmp_path / "resumed", "--stop-at", "2")) == 0
+    assert finetune(args(tmp_path / "resumed", "--resume")) == 0
+    a, b = (MiniVLM.from_pretrained(str(tmp_path / d / "model")).state_dict() for d in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[json.loads(line)["loss"] for line in open(tmp_path / d / "metrics.jsonl")] for d in ("straight", "resumed")]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
