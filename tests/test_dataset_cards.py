@@ -80,7 +80,7 @@ def test_the_corpus_loads_with_train_and_validation_splits_and_keeps_attribution
     assert set(corpus) == {"train", "validation"}
     assert corpus["train"].num_rows + corpus["validation"].num_rows == images  # the missing image has no rows
     rows = read_table(str(root / "corpus" / "shards"), CORPUS).to_pylist()
-    assert all(r["schema_version"] == 2 for r in rows)
+    assert all(r["schema_version"] == CORPUS.version for r in rows)
     assert {r["license"] for r in rows} >= {"https://creativecommons.org/publicdomain/zero/1.0/"}
     assert any(r["author"] == "Stefan van der Walt" for r in rows)
 
