@@ -432,10 +432,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_student_captioner(checkpoint: str, *, device: str = "auto") -> StudentCaptioner:
-    """A captioning checkpoint (local, gs://, s3://) -> StudentCaptioner on `device` (auto: CUDA if present)."""
+def load_for_inference(checkpoint: str, *, device: str = "auto") -> tuple[MiniVLM, object]:
+    """A student checkpoint (CKPT or CKPT/model; local, gs://, s3://) -> (model on `device`, tokenizer),
+    its TEE's batch norms folded: loaded to run, never to train."""
     directory = resolve_checkpoint(checkpoint)
     model = MiniVLM.from_pretrained(directory, map_location=resolve_device(device))
     if model.tee is not None:
-        model.tee.fold_batchnorms()  # loaded to caption, never to train: the inference form
-    return StudentCaptioner(model, load_tokenizer(directory), checkpoint)
+        model.tee.fold_batchnorms()
+    return model, load_tokenizer(directory)
+
+
+def load_student_captioner(checkpoint: str, *, device: str = "auto") -> StudentCaptioner:
+    """A captioning checkpoint (local, gs://, s3://) -> StudentCaptioner on `device` (auto: CUDA if present)."""
+    return StudentCaptioner(*load_for_inference(checkpoint, device=device), checkpoint)

@@ -64,18 +64,13 @@ def load_answerer(args):
     problem = checkpoint_problem("--checkpoint", args.checkpoint)
     if problem:
         raise UsageError(problem.replace("pipelines.finetune_caption", "pipelines.finetune_vqa"))
-    from models.captioning import resolve_checkpoint, resolve_device
-    from models.minivlm import MiniVLM, load_tokenizer
+    from models.captioning import load_for_inference
     from models.vqa import StudentAnswerer
 
     try:
-        directory = resolve_checkpoint(args.checkpoint)
-        model = MiniVLM.from_pretrained(directory, map_location=resolve_device(args.device))
-        answerer = StudentAnswerer(model, load_tokenizer(directory), args.checkpoint)
+        return StudentAnswerer(*load_for_inference(args.checkpoint, device=args.device), args.checkpoint)
     except Exception as e:  # one line for a checkpoint that cannot answer, whatever the cause
         raise UsageError(" ".join(str(e).split()) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}") from e
-    answerer.model.tee.fold_batchnorms()  # loaded to answer, never to train: the inference form
-    return answerer
 
 
 def requests(args, err, counts: Counter):

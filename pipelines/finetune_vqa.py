@@ -81,7 +81,7 @@ def run(argv: list[str] | None = None) -> int:
         check_task(model, "--init", args.init, "pretraining", "a pre-trained one (pipelines.train_student's output)")
         tokenizer = load_tokenizer(init)
         tag_min = args.tag_min_score if args.tag_min_score is not None else (
-            model.tee.config.score_thresh if model.tee is not None else 0.2)
+            model.tee.config.score_thresh if model.tee is not None else model.config.tag_min_score)
         if not 0 <= tag_min <= 1:
             raise ValueError(f"--tag-min-score must be in [0, 1], not {tag_min}")
         import torch

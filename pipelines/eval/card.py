@@ -200,14 +200,14 @@ class LabelStats:
         flat_tags = pc.list_flatten(tags)
         keys = pc.binary_join_element_wise(pc.struct_field(flat_tags, "label"), pc.struct_field(flat_tags, "name"),
                                            "\x1f")
-        self.tags.update({tuple(k.split("\x1f", 1)): c for k, c in _value_counts(keys).items()})
+        self.tags.update({tuple(k.split("\x1f", 1)): c for k, c in value_counts(keys).items()})
         self.tag_scores.add(_floats(pc.struct_field(flat_tags, "score")))
 
         pairs = pc.binary_join_element_wise(pc.fill_null(batch.column("captioner"), "(none)"),
                                             pc.fill_null(batch.column("tagger"), "(none)"), "\x1f")
-        self.teachers.update({tuple(k.split("\x1f", 1)): c for k, c in _value_counts(pairs).items()})
-        self.teacher_params.update(_value_counts(batch.column("teacher_params")))
-        self.grid.offer(n, lambda idx: _sample_rows(batch.take(pa.array(idx, pa.int64()))))
+        self.teachers.update({tuple(k.split("\x1f", 1)): c for k, c in value_counts(pairs).items()})
+        self.teacher_params.update(value_counts(batch.column("teacher_params")))
+        self.grid.offer(n, lambda idx: sample_rows(batch.take(pa.array(idx, pa.int64()))))
 
     def summary(self) -> dict:
         teachers = self.teachers.most_common(100)
@@ -269,7 +269,7 @@ def _floats(arr: pa.Array) -> np.ndarray:
     return pc.drop_null(arr).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def _value_counts(arr: pa.Array) -> dict:
+def value_counts(arr: pa.Array) -> dict:
     counts = pc.value_counts(pc.drop_null(arr))
     return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
 
@@ -287,7 +287,7 @@ def int_keys(hist: Counter) -> dict:
     return {str(k): v for k, v in sorted(hist.items())}  # JSON object keys are strings
 
 
-def _sample_rows(batch: pa.RecordBatch) -> list[dict]:
+def sample_rows(batch: pa.RecordBatch) -> list[dict]:
     rows = batch.select(["image_id", "source_uri", "width", "height", "captions", "tags"]).to_pylist()
     for r in rows:  # a sample card shows a few of each; the rest would only bloat memory
         r["captions"], r["tags"] = r["captions"][:3], r["tags"][:8]

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.data.idset import KeyGroups
-from pipelines.eval.card import BottomK, TopCounter, int_keys
+from pipelines.eval.card import BottomK, TopCounter, int_keys, sample_rows, value_counts
 
 COLUMNS = ["image_id", "source_uri", "sha256", "width", "height", "license", "author", "captions", "tags"]
 REASONS = ("duplicate_image", "repeated_image_id", "repeated_caption", "low_caption_score", "low_similarity")
@@ -57,9 +57,8 @@ def best_captions(captions: pa.Array) -> tuple[np.ndarray, list, np.ndarray, np.
 
 
 def _row(batch: pa.RecordBatch, i: int, key: float) -> dict:
-    row = batch.slice(i, 1).select(["image_id", "source_uri", "width", "height", "captions", "tags"]).to_pylist()[0]
-    row["captions"], row["tags"], row["key"] = row["captions"][:3], row["tags"][:8], key
-    return row
+    """Row i as the sample grid shows it, with the value it was picked by."""
+    return {**sample_rows(batch.slice(i, 1))[0], "key": key}
 
 
 @dataclass
@@ -173,8 +172,7 @@ class Curation:
 
 def _counts(column: pa.Array) -> dict:
     # Empty strings count as missing, like nulls: neither names anyone.
-    values = pc.value_counts(pc.drop_null(column))
-    return {k: c for k, c in zip(values.field("values").to_pylist(), values.field("counts").to_pylist()) if k}
+    return {k: c for k, c in value_counts(column).items() if k}
 
 
 def _cell(text: str) -> str:
