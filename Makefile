@@ -12,10 +12,12 @@ PY := $(VENV)/bin/python
 
 venv: $(VENV)/.installed
 
+# No pip cache: torch's CUDA wheels would be kept twice (several GB) on a machine whose disk
+# may be nearly full; the install reads them from this disk or the registry either way.
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	$(PY) -m pip install --quiet --no-cache-dir -e ".[test]"
 	touch $@
 
 sample: venv
