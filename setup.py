@@ -69,6 +69,10 @@ setup(
             "minivlm-finetune-vqa=pipelines.finetune_vqa:main",
             "minivlm-evaluate-vqa=pipelines.evaluate_vqa:main",
             "minivlm-answer=pipelines.answer:main",
+            "minivlm-finetune-retrieval=pipelines.finetune_retrieval:main",
+            "minivlm-evaluate-retrieval=pipelines.evaluate_retrieval:main",
+            "minivlm-finetune-nlvr2=pipelines.finetune_nlvr2:main",
+            "minivlm-evaluate-nlvr2=pipelines.evaluate_nlvr2:main",
         ],
     },
 )

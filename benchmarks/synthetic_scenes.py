@@ -226,6 +226,64 @@ def questions_for(objects: list[dict], rng: np.random.Generator) -> list[tuple[s
     return out
 
 
+STATEMENT_KINDS = 5  # more shapes, more objects, colour in both, colour-and-shape on one side, shape in one only
+STATEMENT_TRIES = 20  # draws to find a statement with the wanted truth
+
+
+def _count(objects: list[dict], key: str, value: str) -> int:
+    return sum(o[key] == value for o in objects)
+
+
+def _statement(left: list[dict], right: list[dict], kind: int, rng: np.random.Generator) -> tuple[str, bool]:
+    """One statement of template `kind` about a pair, its arguments drawn with rng, and its truth."""
+    both = left + right
+    # Half the time an argument the pair has: otherwise most presence statements would be false.
+    shape = (both[int(rng.integers(len(both)))]["name"] if both and rng.random() < 0.5
+             else SHAPES[int(rng.integers(len(SHAPES)))])
+    color = (both[int(rng.integers(len(both)))]["color"] if both and rng.random() < 0.5
+             else list(PALETTE)[int(rng.integers(len(PALETTE)))])
+    side = "left" if rng.random() < 0.5 else "right"
+    this, other = (left, right) if side == "left" else (right, left)
+    other_side = "right" if side == "left" else "left"
+    if kind == 0:
+        return (f"the {side} image has more {shape}s than the {other_side} one",
+                _count(this, "name", shape) > _count(other, "name", shape))
+    if kind == 1:
+        return f"there are more objects in the {side} image than in the {other_side} one", len(this) > len(other)
+    if kind == 2:
+        article = "an" if color[0] in "aeiou" else "a"
+        return (f"both images contain {article} {color} object",
+                _count(left, "color", color) > 0 and _count(right, "color", color) > 0)
+    if kind == 3:
+        phrase = _phrase({"name": shape, "color": color})
+        return f"the {side} image contains {phrase}", any(o["name"] == shape and o["color"] == color for o in this)
+    return (f"exactly one image contains a {shape}",
+            (_count(left, "name", shape) > 0) != (_count(right, "name", shape) > 0))
+
+
+def statements_for(left_objects: list[dict], right_objects: list[dict], rng: np.random.Generator
+                   ) -> list[tuple[str, bool]]:
+    """NLVR2-style statements about a pair of scenes with their exact truth: one or two
+    (1.5 on average), each of a drawn template (count comparison, presence in both, in one
+    side, in exactly one) whose truth is computed from the objects. Each statement draws its
+    template and the truth it wants (True half the time), then arguments until the statement
+    has that truth: labels are balanced within every template where the pair allows, so neither
+    the template nor the pair's look alone tells the answer. Where it does not (no colour is in
+    both scenes), the later draws try other templates, keeping the overall balance."""
+    out: list[tuple[str, bool]] = []
+    for _ in range(1 + int(rng.random() < 0.5)):
+        kind, want = int(rng.integers(STATEMENT_KINDS)), bool(rng.random() < 0.5)
+        for attempt in range(STATEMENT_TRIES):
+            if attempt >= STATEMENT_TRIES // 2:
+                kind = int(rng.integers(STATEMENT_KINDS))
+            sentence, truth = _statement(left_objects, right_objects, kind, rng)
+            if truth == want and all(sentence != s for s, _ in out):
+                break
+        if all(sentence != s for s, _ in out):  # never the same sentence twice about one pair
+            out.append((sentence, bool(truth)))
+    return out
+
+
 def _image_ids(rng: np.random.Generator, n: int) -> list[str]:
     ids: set[str] = set()
     while len(ids) < n:
@@ -244,7 +302,9 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
     names = {"images_csv": f"{prefix}images.csv", "boxes_csv": f"{prefix}boxes.csv",
              "classes_csv": f"{prefix}classes.csv", "captions_json": f"{prefix}captions.json",
              "attributes_csv": f"{prefix}attributes.csv", "attribute_classes_csv": f"{prefix}attribute-classes.csv",
-             "vqa_questions_json": f"{prefix}vqa-questions.json", "vqa_annotations_json": f"{prefix}vqa-annotations.json"}
+             "vqa_questions_json": f"{prefix}vqa-questions.json",
+             "vqa_annotations_json": f"{prefix}vqa-annotations.json",
+             "karpathy_json": f"{prefix}karpathy.json", "nlvr2_jsonl": f"{prefix}nlvr2.jsonl"}
     paths = {"images_dir": storage.join(out_dir, "images"),
              **{k: storage.join(out_dir, v) for k, v in names.items()}}
     fs, root = fsspec.core.url_to_fs(out_dir)
@@ -255,6 +315,7 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
     ids = _image_ids(np.random.default_rng(stream), n)
     counts = {"images": n, "empty": 0, "boxes": 0}
     coco_images, coco_captions, vqa_questions, vqa_annotations = [], [], [], []
+    karpathy_images, scene_objects = [], []
     with fs.open(storage.join(root, names["classes_csv"]), "w", newline="") as f:
         w = _writer(f)
         w.writerow(["LabelName", "DisplayName"])
@@ -294,6 +355,10 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
             coco_images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": size, "height": size,
                                 "objects": [{**o, "box": list(o["box"])} for o in objects]})
             coco_captions.append({"id": i + 1, "image_id": image_id, "caption": caption})
+            karpathy_images.append({"filename": f"{image_id}.jpg", "filepath": "images",
+                                    "split": "train" if subset == "train" else "test", "imgid": i,
+                                    "sentences": [{"raw": caption, "tokens": caption.split()}]})
+            scene_objects.append(objects)
             # Its own generator: the scenes stay what they were before questions existed.
             for k, (question, answer, answer_type, question_type) in enumerate(
                     questions_for(objects, np.random.default_rng([*stream, i, 7]))):
@@ -311,7 +376,26 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
         json.dump({"info": coco["info"], "questions": vqa_questions}, f)
     with fs.open(storage.join(root, names["vqa_annotations_json"]), "w") as f:
         json.dump({"info": coco["info"], "annotations": vqa_annotations}, f)
+    with fs.open(storage.join(root, names["karpathy_json"]), "w") as f:  # the Karpathy split layout
+        json.dump({"images": karpathy_images, "dataset": "synthetic"}, f)
+    with fs.open(storage.join(root, names["nlvr2_jsonl"]), "w") as f:  # NLVR2's fields, LXMERT's img0/img1
+        for row in _nlvr2_rows(ids, scene_objects, stream, subset):
+            f.write(json.dumps(row) + "\n")
     return paths, counts
+
+
+def _nlvr2_rows(ids: list[str], scene_objects: list[list[dict]], stream: list[int], subset: str) -> list[dict]:
+    """Scene k paired with another scene of the subset, and statements about the pair."""
+    rows = []
+    for k in range(len(ids) if len(ids) > 1 else 0):  # one scene has nothing to be paired with
+        # Its own generator: the scenes and their questions stay what they were before pairs existed.
+        rng = np.random.default_rng([*stream, k, 11])
+        j = int(rng.integers(len(ids) - 1))
+        j += j >= k  # any scene but k itself
+        for s, (sentence, truth) in enumerate(statements_for(scene_objects[k], scene_objects[j], rng)):
+            rows.append({"identifier": f"{subset}-{k}-0-{s}", "sentence": sentence, "label": str(truth),
+                         "img0": ids[k], "img1": ids[j]})
+    return rows
 
 
 def write_dataset(out_dir: str, n: int, *, seed: int, size: int, subset: str = "train", prefix: str = "",
@@ -322,11 +406,16 @@ def write_dataset(out_dir: str, n: int, *, seed: int, size: int, subset: str = "
     image manifest), <prefix>boxes.csv (Open Images boxes), <prefix>classes.csv
     (LabelName,DisplayName), <prefix>attributes.csv (each object's colour and size as Open
     Images visual relationships "is"), <prefix>attribute-classes.csv, <prefix>captions.json
-    (COCO captions; each image also lists its objects with colours and sizes), and
+    (COCO captions; each image also lists its objects with colours and sizes),
     <prefix>vqa-questions.json + <prefix>vqa-annotations.json (VQA v2 layout: counts, colours,
-    shapes, positions; ten identical human answers each). `prefix` lets several subsets share one folder and image
-    root, like Open Images' train-/validation- files. ImageIDs are 16 hex digits and every
-    file is in ImageID order. The same seed and subset give byte-identical files.
+    shapes, positions; ten identical human answers each), <prefix>karpathy.json (the Karpathy
+    split layout of image-text retrieval: each image's caption, split "train" for the train
+    subset and "test" otherwise) and <prefix>nlvr2.jsonl (NLVR2 statements, official fields
+    plus img0/img1 naming the two ImageIDs: scene k paired with another scene of the subset,
+    one or two statements a pair, about half of them true). `prefix` lets several subsets
+    share one folder and image root, like Open Images' train-/validation- files. ImageIDs are
+    16 hex digits and every file is in ImageID order (nlvr2.jsonl: of its left images). The
+    same seed and subset give byte-identical files.
     """
     paths, _ = _write(out_dir, n, seed=seed, size=size, subset=subset, prefix=prefix,
                       max_objects=max_objects, empty_fraction=empty_fraction)

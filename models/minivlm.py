@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import registry
+from models.heads import PairClassifier, RetrievalHeads, hardest_negatives, info_nce
 from models.persistence import WEIGHTS_NAME, read_model, write_model
 from models.tee import TEE, TEEConfig, is_tee_config
 
@@ -38,7 +39,7 @@ BOX_DIMS = 6
 TIED = ("mlm.predictions.decoder.weight", "mlm.predictions.decoder.bias")
 WORD_EMBEDDINGS = "embeddings.word_embeddings"  # in BertModel
 MATCHED, POLLUTED_CAPTION, POLLUTED_TAGS = 0, 1, 2
-TASKS = ("pretraining", "captioning", "vqa")
+TASKS = ("pretraining", "captioning", "vqa", "retrieval", "nlvr2")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class MiniVLMConfig:
     mask_token_id: int = 103
     embedding_rank: int | None = None  # factorised word embedding (V, r) x (r, H); None: the full (V, H) one
     init: str = "random"  # where the fusion weights started: a hub id, a directory, tiny[:<name>], random
-    task: str = "pretraining"  # pretraining | captioning | vqa (set by pipelines.finetune_caption / finetune_vqa)
+    task: str = "pretraining"  # pretraining | captioning | vqa | retrieval | nlvr2 (set by the fine-tuning commands)
     tag_min_score: float = 0.2  # captioning: TEE regions at least this confident give the tags
     extractor_id: str | None = None  # the TEE whose features this fusion reads
     tee: dict | None = field(default=None)  # TEEConfig.to_dict() of the bundled TEE
@@ -251,6 +252,8 @@ class MiniVLM(nn.Module):
         self.contrastive = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh(),
                                          nn.Linear(config.hidden_size, 3))
         self.vqa = self._vqa_head(config) if config.answers else None
+        self.retrieval = RetrievalHeads(config.hidden_size) if config.task == "retrieval" else None
+        self.nlvr2 = PairClassifier(config.hidden_size, config.layer_norm_eps) if config.task == "nlvr2" else None
         self.tee = tee
 
     @staticmethod
@@ -265,6 +268,19 @@ class MiniVLM(nn.Module):
         self.config = replace(self.config, task="vqa", answers=tuple(answers), tag_min_score=tag_min_score)
         device = next(self.parameters()).device
         self.vqa = self._vqa_head(self.config).to(device)
+
+    def start_task(self, task: str, tag_min_score: float) -> None:
+        """Turn a pre-trained student into a retrieval or NLVR2 one: task and fresh heads (the
+        matching head from the contrastive one, which asked the same question in pre-training)."""
+        self.config = replace(self.config, task=task, tag_min_score=tag_min_score)
+        device = next(self.parameters()).device
+        if task == "retrieval":
+            self.retrieval = RetrievalHeads(self.config.hidden_size).to(device)
+            self.retrieval.start_from(self.contrastive, MATCHED, POLLUTED_CAPTION)
+        elif task == "nlvr2":
+            self.nlvr2 = PairClassifier(self.config.hidden_size, self.config.layer_norm_eps).to(device)
+        else:
+            raise ValueError(f"start_task is for retrieval and nlvr2, not {task!r}")
 
     # ---- the shared encoder ------------------------------------------------------------
 
@@ -304,8 +320,10 @@ class MiniVLM(nn.Module):
         with torch.no_grad():
             mlm_acc = (logits.argmax(-1) == labels[chosen]).float().mean() if chosen.any() else torch.tensor(0.0)
             c_acc = (c_logits.argmax(-1) == batch["contrastive_labels"]).float().mean()
+            # what always answering the most frequent class would score: the bar c_acc must clear
+            majority = torch.bincount(batch["contrastive_labels"], minlength=3).max() / len(c_logits)
         return {"mlm_loss": mlm_loss, "contrastive_loss": c_loss, "mlm_accuracy": mlm_acc,
-                "contrastive_accuracy": c_acc}
+                "contrastive_accuracy": c_acc, "contrastive_majority": majority}
 
     def caption_outputs(self, batch: dict) -> dict:
         """batch from pipelines.train.caption_data.CaptionCollate -> masked caption-token loss and accuracy.
@@ -346,12 +364,100 @@ class MiniVLM(nn.Module):
             score = targets.gather(1, logits.argmax(-1, keepdim=True)).mean()
         return {"vqa_loss": loss, "vqa_score": score}
 
+    # ---- retrieval -------------------------------------------------------------------------
+    #
+    # A retrieval batch keeps captions and images apart (models.retrieval.RetrievalCollate):
+    # caption_ids / caption_mask (Nc, caption_slot): [CLS] caption [SEP], padded; tag_ids /
+    # tag_mask (Ni, T - caption_slot): an image's tags [SEP]; region_* (Ni, R, ...). Pairs are
+    # put together here, so a batch of B images and B captions serves every (image, caption)
+    # pairing without tokenising anything twice.
+
+    def _cls(self, input_ids, text_mask, regions: tuple) -> torch.Tensor:
+        slot = self.config.caption_slot
+        types = torch.zeros_like(input_ids)
+        types[:, slot:] = 1
+        return self.encode(input_ids, types, text_mask, *regions)[:, 0]  # (N, H)
+
+    def match_scores(self, batch: dict, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """(N,) log-odds that caption captions[n] describes image images[n], both seen together."""
+        if self.retrieval is None:
+            raise ValueError("this student has no retrieval head (fine-tune it with pipelines.finetune_retrieval)")
+        ids = torch.cat([batch["caption_ids"][captions], batch["tag_ids"][images]], dim=1)
+        mask = torch.cat([batch["caption_mask"][captions], batch["tag_mask"][images]], dim=1)
+        regions = (batch["region_features"][images], batch["region_boxes"][images], batch["region_mask"][images])
+        return self.retrieval.match_score(self._cls(ids, mask, regions))
+
+    def image_embeddings(self, batch: dict) -> torch.Tensor:
+        """(Ni, H) unit vectors of the images alone: [CLS] [SEP] tags [SEP] regions."""
+        n, slot = batch["tag_ids"].shape[0], self.config.caption_slot
+        head = torch.full((n, slot), self.config.pad_token_id, dtype=torch.long, device=batch["tag_ids"].device)
+        head[:, 0], head[:, 1] = self.config.cls_token_id, self.config.sep_token_id
+        head_mask = torch.zeros_like(head)
+        head_mask[:, :2] = 1
+        cls = self._cls(torch.cat([head, batch["tag_ids"]], 1), torch.cat([head_mask, batch["tag_mask"]], 1),
+                        (batch["region_features"], batch["region_boxes"], batch["region_mask"]))
+        return self.retrieval.embed(cls, "image")
+
+    def text_embeddings(self, batch: dict) -> torch.Tensor:
+        """(Nc, H) unit vectors of the captions alone: [CLS] caption [SEP], no image."""
+        ids = batch["caption_ids"]
+        n, d = ids.shape[0], self.config.region_feature_dim
+        none = (ids.new_zeros((n, 0, d), dtype=torch.float32), ids.new_zeros((n, 0, 4), dtype=torch.float32),
+                ids.new_zeros((n, 0)))
+        return self.retrieval.embed(self._cls(ids, batch["caption_mask"], none), "text")
+
+    def retrieval_outputs(self, batch: dict) -> dict:
+        """Image b and caption b are a positive pair. The embeddings learn from every pairing of
+        the batch (InfoNCE); the matching head from the B positives, each image with its hardest
+        caption and each caption with its hardest image (by embedding similarity)."""
+        if self.retrieval is None:
+            raise ValueError("this student has no retrieval head (fine-tune it with pipelines.finetune_retrieval)")
+        same = batch["same_text"]  # (B, B): caption j says exactly what caption i says
+        similarity = self.image_embeddings(batch) @ self.text_embeddings(batch).T  # (B, B)
+        embedding_loss, embedding_accuracy = info_nce(similarity, same, self.retrieval.logit_scale)
+        negative_caption, negative_image = hardest_negatives(similarity.detach(), same)
+        b = torch.arange(len(similarity), device=similarity.device)
+        has_c, has_i = negative_caption >= 0, negative_image >= 0
+        images = torch.cat([b, b[has_c], negative_image[has_i]])
+        captions = torch.cat([b, negative_caption[has_c], b[has_i]])
+        labels = torch.cat([torch.ones_like(b), torch.zeros(int(has_c.sum()) + int(has_i.sum()), dtype=torch.long,
+                                                            device=b.device)]).float()
+        scores = self.match_scores(batch, images, captions)  # (P,)
+        matching_loss = F.binary_cross_entropy_with_logits(scores, labels)
+        with torch.no_grad():
+            matching_accuracy = ((scores > 0).float() == labels).float().mean()
+        return {"matching_loss": matching_loss, "embedding_loss": embedding_loss,
+                "matching_accuracy": matching_accuracy, "embedding_accuracy": embedding_accuracy}
+
+    # ---- NLVR2 ------------------------------------------------------------------------------
+
+    def statement_logits(self, batch: dict) -> torch.Tensor:
+        """2B sequences [CLS] statement [SEP] tags [SEP] regions, left and right image of each
+        statement interleaved -> (B, 2) logits (false, true)."""
+        if self.nlvr2 is None:
+            raise ValueError("this student has no NLVR2 head (fine-tune it with pipelines.finetune_nlvr2)")
+        hidden = self.encode(batch["input_ids"], batch["token_type_ids"], batch["text_mask"],
+                             batch["region_features"], batch["region_boxes"], batch["region_mask"])
+        return self.nlvr2(hidden[:, 0])
+
+    def nlvr2_outputs(self, batch: dict) -> dict:
+        logits = self.statement_logits(batch)
+        labels = batch["statement_labels"]  # (B,) 1 true, 0 false
+        loss = F.cross_entropy(logits, labels)
+        with torch.no_grad():
+            accuracy = (logits.argmax(-1) == labels).float().mean()
+        return {"nlvr2_loss": loss, "nlvr2_accuracy": accuracy}
+
     def forward(self, batch: dict) -> dict:
         # one entry point for every objective, so DistributedDataParallel sees every call
         if "caption_labels" in batch:
             return self.caption_outputs(batch)
         if "answer_scores" in batch:
             return self.vqa_outputs(batch)
+        if "same_text" in batch:
+            return self.retrieval_outputs(batch)
+        if "statement_labels" in batch:
+            return self.nlvr2_outputs(batch)
         return self.pretraining_outputs(batch)
 
     # ---- persistence ---------------------------------------------------------------------

@@ -47,24 +47,13 @@ def run(argv: list[str] | None = None) -> int:
         check_device(args.device)
     except (UsageError, ValueError) as e:
         return usage_error(PROG, e)
-    from models.captioning import resolve_checkpoint, resolve_device
-    from models.minivlm import MiniVLM, load_tokenizer
+    from pipelines.eval.tasks import load_task_checkpoint
     from pipelines.eval.vqa import answer, score
-    from pipelines.train.flags import check_kind, check_task
-    from pipelines.train.pretrain_data import check_extractors
-    from pipelines.train.vqa_data import VQACollate, VQAStream, by_image, feature_files, read_questions
+    from pipelines.train.vqa_data import VQACollate, VQAStream, by_image, read_questions
 
     try:
-        check_kind("--checkpoint", args.checkpoint, "a VQA student (pipelines.finetune_vqa's output)",
-                   ("a MiniVLM student", "a training run folder holding a MiniVLM"))
         questions, stats = read_questions(args.questions, args.annotations, "--questions", need_answers=False)
-        files = feature_files(args.features, "--features")
-        directory = resolve_checkpoint(args.checkpoint)
-        model = MiniVLM.from_pretrained(directory, map_location=resolve_device(args.device))
-        check_task(model, "--checkpoint", args.checkpoint, "vqa", "a VQA one (pipelines.finetune_vqa's output)")
-        check_extractors(files, model.config.extractor_id, allow_mismatch=args.allow_extractor_mismatch,
-                         tee=f"--checkpoint {args.checkpoint}")
-        tokenizer = load_tokenizer(directory)
+        model, tokenizer, files = load_task_checkpoint(args, "vqa", "a VQA one (pipelines.finetune_vqa's output)")
     except Exception as e:  # noqa: BLE001 (one line for anything wrong with flags, data or models)
         return usage_error(PROG, e if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
     c = model.config

@@ -2,16 +2,17 @@
 # Train the student with torchrun: one process per GPU (or per CPU slot, gloo).
 #   scripts/train_student.sh NPROC --corpus CORPUS --tee TEE_DIR --init REF --output CKPT --max-steps N [--resume]
 #   STAGE=finetune_caption scripts/train_student.sh NPROC --init CKPT --train CORPUS --output CKPT2 --max-steps N
-# STAGE: train_student (pre-training, the default) or finetune_caption.
+# STAGE: train_student (pre-training, the default), finetune_caption, finetune_vqa, finetune_retrieval
+# or finetune_nlvr2.
 # Several machines: set NNODES, NODE_RANK and MASTER_ADDR:MASTER_PORT (RDZV_ENDPOINT) on each.
 # Python: $PYTHON if set, else the project's .venv/bin/python, else python3 (no venv needs activating).
 set -euo pipefail
-NPROC="${1:?usage: [STAGE=train_student|finetune_caption] scripts/train_student.sh NPROC [flags...]}"
+NPROC="${1:?usage: [STAGE=train_student|finetune_caption|finetune_vqa|finetune_retrieval|finetune_nlvr2] scripts/train_student.sh NPROC [flags...]}"
 shift
 STAGE="${STAGE:-train_student}"
 case "$STAGE" in
-  train_student|finetune_caption) ;;
-  *) echo "train_student.sh: STAGE must be train_student or finetune_caption, not '$STAGE'" >&2; exit 2 ;;
+  train_student|finetune_caption|finetune_vqa|finetune_retrieval|finetune_nlvr2) ;;
+  *) echo "train_student.sh: STAGE must be train_student, finetune_caption, finetune_vqa, finetune_retrieval or finetune_nlvr2, not '$STAGE'" >&2; exit 2 ;;
 esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -n "${PYTHON:-}" ]]; then

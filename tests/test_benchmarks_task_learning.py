@@ -22,14 +22,19 @@ def test_task_learning_runs_every_stage_and_writes_its_keys(tmp_path, capsys):
     out = tmp_path / "result.json"
     assert main(["--work", str(tmp_path / "work"), "--train-images", "40", "--val-images", "8", "--scene-size", "96",
                  "--tee-steps", "2", "--pretrain-steps", "2", "--caption-steps", "2", "--vqa-steps", "2",
+                 "--retrieval-steps", "2", "--nlvr2-steps", "2", "--retrieval-pool", "6", "--rerank-k", "3",
                  "--batch-size", "8", "--beam-size", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     for key in ("vqa_accuracy", "vqa_majority_baseline", "vqa_colour_accuracy", "caption_colour_accuracy",
-                "caption_cider", "minutes", "pretrain_contrastive_accuracy"):
+                "caption_cider", "minutes", "pretrain_contrastive_accuracy", "pretrain_contrastive_majority",
+                "retrieval_i2t_r1", "retrieval_t2i_r1", "retrieval_pool", "retrieval_rerank_i2t_r1", "nlvr2_accuracy"):
         assert key in result, key
     assert result["attributes"] is True and 0 <= result["vqa_accuracy"] <= 1
+    assert result["retrieval_pool"] == 6 and 0 <= result["retrieval_i2t_r1"] <= 1 and 0 <= result["nlvr2_accuracy"] <= 1
     assert set(result["stage_seconds"]) >= {"train_tee", "extract_features", "extract_val_features", "build_corpus",
-                                            "train_student", "finetune_caption", "finetune_vqa", "evaluate_vqa"}
+                                            "train_student", "finetune_caption", "finetune_vqa", "evaluate_vqa",
+                                            "finetune_retrieval", "evaluate_retrieval", "finetune_nlvr2",
+                                            "evaluate_nlvr2"}
     assert "| vqa_accuracy |" in capsys.readouterr().out
     # The TEE was trained with its attribute head and the features carry region attributes.
     config = json.loads((tmp_path / "work" / "tee" / "model" / "config.json").read_text())

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -6,6 +7,8 @@ from PIL import Image
 
 from benchmarks import synthetic_scenes as synth
 from pipelines.data import annotations as boxes
+from pipelines.data.nlvr2 import read_nlvr2
+from pipelines.data.retrieval import read_karpathy
 from pipelines.data.sources import SourceSpec, iter_refs
 
 SIZE = 64
@@ -184,3 +187,85 @@ def test_cli(tmp_path, capsys):
     assert out.startswith("wrote 3 images") and "boxes.csv" in out and "captions.json" in out
     with pytest.raises(SystemExit):
         synth.main(["--output", str(tmp_path / "bad"), "--num-images", "0"])
+
+
+# ---- retrieval (Karpathy layout) and NLVR2 statements about pairs -------------------------------
+
+def _truth(sentence, left, right):
+    """The statement's truth, worked out here from its words, apart from the generator's code."""
+    sides = {"left": left, "right": right}
+    shapes = lambda objs, shape: sum(o["name"] == shape for o in objs)  # noqa: E731
+    if m := re.fullmatch(r"the (left|right) image has more (\w+)s than the (left|right) one", sentence):
+        return shapes(sides[m[1]], m[2]) > shapes(sides[m[3]], m[2])
+    if m := re.fullmatch(r"there are more objects in the (left|right) image than in the (left|right) one", sentence):
+        return len(sides[m[1]]) > len(sides[m[2]])
+    if m := re.fullmatch(r"both images contain an? (\w+) object", sentence):
+        return all(any(o["color"] == m[1] for o in objs) for objs in (left, right))
+    if m := re.fullmatch(r"the (left|right) image contains an? (\w+) (\w+)", sentence):
+        return any(o["color"] == m[2] and o["name"] == m[3] for o in sides[m[1]])
+    if m := re.fullmatch(r"exactly one image contains a (\w+)", sentence):
+        return (shapes(left, m[1]) > 0) != (shapes(right, m[1]) > 0)
+    raise AssertionError(f"unknown template: {sentence!r}")
+
+
+def test_statement_truth_for_a_hand_built_pair():
+    left = [_obj("circle", "red", (0.0, 0.0, 0.2, 0.2)), _obj("circle", "red", (0.5, 0.5, 0.7, 0.7)),
+            _obj("square", "blue", (0.0, 0.6, 0.2, 0.8))]
+    right = [_obj("star", "red", (0.3, 0.3, 0.5, 0.5))]
+    known = {"the left image has more circles than the right one": True,
+             "the right image has more circles than the left one": False,
+             "the right image has more squares than the left one": False,
+             "there are more objects in the left image than in the right one": True,
+             "there are more objects in the right image than in the left one": False,
+             "both images contain a red object": True, "both images contain a blue object": False,
+             "the left image contains a blue square": True, "the right image contains a blue square": False,
+             "the right image contains a red star": True, "the left image contains a red star": False,
+             "exactly one image contains a star": True, "exactly one image contains a circle": True,
+             "exactly one image contains a triangle": False}
+    seen, truths = set(), []
+    for seed in range(300):
+        out = synth.statements_for(left, right, np.random.default_rng(seed))
+        assert 1 <= len(out) <= 2 and len({s for s, _ in out}) == len(out)
+        for sentence, truth in out:
+            assert truth is _truth(sentence, left, right) and known.get(sentence, truth) is truth
+            seen.add(sentence)
+            truths.append(truth)
+    assert len(seen & set(known)) >= 10 and 0.3 < np.mean(truths) < 0.7  # balanced over the draws
+    for sentence, truth in synth.statements_for([], [], np.random.default_rng(0)):
+        assert truth is False and _truth(sentence, [], []) is False  # nothing is true of two empty scenes
+
+
+def test_karpathy_and_nlvr2_files_read_back(tmp_path):
+    paths = synth.write_dataset(str(tmp_path), 200, seed=4, size=48, subset="validation", prefix="validation-")
+    ids = [r.image_id for r in iter_refs(SourceSpec(paths["images_csv"]))]
+    coco = json.loads(open(paths["captions_json"]).read())
+
+    images, stats = read_karpathy(paths["karpathy_json"])
+    assert paths["karpathy_json"].endswith("/validation-karpathy.json")
+    assert [i.image_id for i in images] == ids and {i.split for i in images} == {"test"}
+    assert [i.captions for i in images] == [[a["caption"]] for a in coco["annotations"]]
+    assert stats.malformed == stats.blank_captions == stats.duplicate_images == 0
+    assert read_karpathy(paths["karpathy_json"], {"train"})[0] == []
+
+    statements, nstats = read_nlvr2(paths["nlvr2_jsonl"])
+    assert nstats.malformed == nstats.unlabeled == 0 and len({s.identifier for s in statements}) == len(statements)
+    assert 1.3 < len(statements) / 200 < 1.7
+    assert [s.left for s in statements] == sorted(s.left for s in statements)  # scene k's pairs in order
+    assert {s.left for s in statements} == set(ids)  # one pair per scene
+    assert all(s.right in ids and s.left != s.right for s in statements)
+    assert 0.3 <= np.mean([s.label for s in statements]) <= 0.7
+    objects = {im["id"]: im["objects"] for im in coco["images"]}
+    for s in statements:
+        assert s.label is _truth(s.sentence, objects[s.left], objects[s.right])
+
+    train = synth.write_dataset(str(tmp_path), 3, seed=4, size=48, subset="train", prefix="train-")
+    assert {i.split for i in read_karpathy(train["karpathy_json"])[0]} == {"train"}
+
+
+def test_retrieval_and_nlvr2_files_are_deterministic(tmp_path):
+    a = synth.write_dataset(str(tmp_path / "a"), 8, seed=5, size=SIZE)
+    b = synth.write_dataset(str(tmp_path / "b"), 8, seed=5, size=SIZE)
+    for key in ("karpathy_json", "nlvr2_jsonl"):
+        assert open(a[key], "rb").read() == open(b[key], "rb").read()
+    lone = synth.write_dataset(str(tmp_path / "c"), 1, seed=5, size=SIZE)
+    assert open(lone["nlvr2_jsonl"]).read() == ""  # one scene has no other to be paired with

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from pipelines.data.vqa import Question, answer_accuracy
+from pipelines.train.streams import loaded_batches
 
 
 @torch.inference_mode()
@@ -21,24 +21,10 @@ def answer(model, stream, collate, *, batch_size: int) -> Iterator[tuple[str, st
     """(question_id, answer) for every question the stream reaches, in its order."""
     device = next(model.parameters()).device
     answers = model.config.answers
-    pending = []
-
-    def flush():
-        batch = {k: v.to(device) for k, v in collate(pending).items()}
+    for samples in loaded_batches(stream, batch_size):
+        batch = {k: v.to(device) for k, v in collate(samples).items()}
         best = model.answer_logits(batch).argmax(-1).tolist()
-        out = [(s.question_id, answers[i]) for s, i in zip(pending, best)]
-        pending.clear()
-        return out
-
-    for i, item in enumerate(stream.items(0, 1, 0)):
-        sample = stream.load(item, np.random.default_rng(i))
-        if sample is None:
-            continue
-        pending.append(sample)
-        if len(pending) == batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
+        yield from ((s.question_id, answers[i]) for s, i in zip(samples, best))
 
 
 def _mean(values: list[float]) -> float | None:

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from pipelines.data import storage
 from pipelines.train.config import TrainConfig
 from pipelines.train.output import LATEST, STATE_NAME, clear_run, latest_checkpoint
-from pipelines.train.streams import Positioned, ResumableStream, WithPosition
+from pipelines.train.streams import Positioned, ResumableStream, WithPosition, loaded_batches
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +91,16 @@ def validate(model: torch.nn.Module, stream: ResumableStream, collate: Callable,
     (epoch 0, one reader), keys prefixed `val_`. The same rows and the same random draws every
     time, so validation numbers compare across steps."""
     sums: dict[str, float] = {}
-    n, pending = 0, []
+    n = 0
     device = next(model.parameters()).device
-
-    def step(samples):
-        out = model({k: v.to(device) for k, v in collate(samples).items()})
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-
     with torch.inference_mode():
-        for i, item in enumerate(stream.items(0, 1, 0)):
-            sample = stream.load(item, np.random.default_rng((seed, i)))
-            if sample is not None:
-                pending.append(sample)
-            if len(pending) == stream.batch_size:
-                step(pending)
-                n, pending = n + 1, []
-                if n >= max_batches:
-                    break
-        if pending and n < max_batches:
-            step(pending)
+        for samples in loaded_batches(stream, stream.batch_size, lambda i: np.random.default_rng((seed, i))):
+            out = model({k: v.to(device) for k, v in collate(samples).items()})
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
+            if n >= max_batches:
+                break
     return {f"val_{k}": v / n for k, v in sums.items()} if n else {}
 
 

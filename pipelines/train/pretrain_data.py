@@ -10,7 +10,11 @@ resumed run continues exactly (pipelines.train.loop.ResumableStream).
 Per sample: one of the row's captions (drawn anew each epoch), its teacher tags and its
 TEE regions. Per batch: tokenisation, masking (15% of caption and tag tokens; of those
 80% [MASK], 10% a random token, 10% unchanged) and pollution for the contrastive head
-(50% matched, 25% caption from another row, 25% tags from another row of the batch).
+(50% matched, 25% caption from another row, 25% tags from another row of the batch). A
+donor must differ in what it lends: on templated or near-duplicate data a random row of the
+batch often has the very same caption or tags, and "polluted" by an identical text is a
+matched pair labelled wrong (7.8% of random donors on the synthetic scenes had the same
+tags). A sample with no such donor in its batch stays matched.
 """
 from __future__ import annotations
 
@@ -203,6 +207,25 @@ def region_problem(row: dict, feature_dim: int) -> str | None:
     return None
 
 
+def row_regions(row: dict, max_regions: int, tag_min_score: float) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A features or corpus row (checked by region_problem) -> the TEE's tags, (R, D) features and
+    (R, 4) boxes, at most max_regions: what a fine-tuned student sees of an image."""
+    from models.captioning import tags_from_regions
+
+    n, d = int(row["num_regions"]), int(row["feature_dim"])
+    keep = min(n, max_regions)
+    names = row.get("region_names") or row.get("names") or []
+    scores = row.get("region_scores") or row.get("scores") or []
+    attributes = row.get("region_attributes") or row.get("attributes")
+    return (tags_from_regions(names, scores, tag_min_score, attributes),
+            np.asarray(row["features"]).reshape(n, d)[:keep].astype(np.float32),
+            np.asarray(row["boxes"]).reshape(n, 4)[:keep].astype(np.float32))
+
+
+def _same_text(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip(".")
+
+
 class PretrainCollate:
     """Samples -> one batch of tensors for MiniVLM.pretraining_outputs."""
 
@@ -220,13 +243,22 @@ class PretrainCollate:
         labels = np.full(b, MATCHED)
         for i, rng in enumerate(rngs):
             u = rng.random()
-            if b < 2:
-                continue  # a batch of one has no other row to pollute with: matched
-            donor = (i + int(rng.integers(1, b))) % b
             if u < obj.polluted_caption:
-                captions[i], labels[i] = samples[donor].caption, POLLUTED_CAPTION
+                field, label = "caption", POLLUTED_CAPTION
             elif u < obj.polluted_caption + obj.polluted_tags:
-                tags[i], labels[i] = samples[donor].tags, POLLUTED_TAGS
+                field, label = "tags", POLLUTED_TAGS
+            else:
+                continue
+            own = _same_text(getattr(samples[i], field))
+            donors = [j for j in range(b) if j != i and _same_text(getattr(samples[j], field)) != own]
+            if not donors:
+                continue  # nothing in the batch says something else: matched
+            donor = donors[int(rng.integers(len(donors)))]
+            if field == "caption":
+                captions[i] = samples[donor].caption
+            else:
+                tags[i] = samples[donor].tags
+            labels[i] = label
         cap_ids, tag_ids = self._ids(captions, c.max_caption_tokens), self._ids(tags, c.max_tag_tokens)
         t = c.text_length
         input_ids = np.full((b, t), c.pad_token_id, dtype=np.int64)

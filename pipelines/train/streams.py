@@ -122,6 +122,24 @@ class WithPosition:
         return self.collate([sample for sample, _ in pairs]), pairs[-1][1]
 
 
+def loaded_batches(stream: ResumableStream, batch_size: int,
+                   rng_of: Callable[[int], np.random.Generator] = np.random.default_rng) -> Iterator[list]:
+    """One pass over the stream's epoch 0 as a single reader, in its order: lists of up to
+    batch_size loaded samples (items that fail to load left out). Validation and evaluation
+    read streams this way; `rng_of(i)` is item i's generator, so every pass draws the same."""
+    pending: list = []
+    for i, item in enumerate(stream.items(0, 1, 0)):
+        sample = stream.load(item, rng_of(i))
+        if sample is None:
+            continue
+        pending.append(sample)
+        if len(pending) == batch_size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
 def by_index(items: Iterator, readers: int, slot: int) -> Iterator:
     """Item i goes to reader i % readers."""
     for i, item in enumerate(items):

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.captioning import tags_from_regions
 from models.vqa import vqa_inputs
 from pipelines.data.vqa import Question, soft_scores
-from pipelines.train.pretrain_data import iter_rows, region_problem
+from pipelines.train.pretrain_data import iter_rows, region_problem, row_regions
 from pipelines.train.streams import ResumableStream, shuffled
 
 log = logging.getLogger(__name__)
@@ -109,15 +108,9 @@ class VQAStream(ResumableStream):
             if not scores.any():
                 self._skip(row, "no human answer in the vocabulary")
                 return None
-        n, d = int(row["num_regions"]), int(row["feature_dim"])
-        keep = min(n, self.max_regions)
-        names = row.get("region_names") or row.get("names") or []
-        region_scores = row.get("region_scores") or row.get("scores") or []
-        attributes = row.get("region_attributes") or row.get("attributes")
-        return VQASample(question_id=q.question_id, question=q.question,
-                         tags=tags_from_regions(names, region_scores, self.tag_min_score, attributes),
-                         features=row["features"].reshape(n, d)[:keep].astype(np.float32),
-                         boxes=row["boxes"].reshape(n, 4)[:keep].astype(np.float32), scores=scores)
+        tags, features, boxes = row_regions(row, self.max_regions, self.tag_min_score)
+        return VQASample(question_id=q.question_id, question=q.question, tags=tags, features=features, boxes=boxes,
+                         scores=scores)
 
 
 class VQACollate:

@@ -1,0 +1,46 @@
+"""Judging NLVR2 statements with a student over stored features, and NLVR2's two figures.
+
+`predict` runs the student over a StatementStream (file order) in batches and yields
+(identifier, true or false). `score` gives NLVR2's accuracy (over the labelled statements it
+judged) and its consistency: the share of distinct sentences whose every judged image pair
+is right (a sentence is written once and paired with several image pairs in NLVR2).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterator
+
+import torch
+
+from pipelines.train.streams import loaded_batches
+
+
+@torch.inference_mode()
+def predict(model, stream, collate, *, batch_size: int) -> Iterator[tuple[str, bool]]:
+    device = next(model.parameters()).device
+    for samples in loaded_batches(stream, batch_size):
+        batch = {k: v.to(device) for k, v in collate(samples).items() if k != "statement_labels"}
+        truth = model.statement_logits(batch).argmax(-1).tolist()
+        yield from ((s.identifier, bool(t)) for s, t in zip(samples, truth))
+
+
+def score(predictions: dict[str, bool], statements) -> dict:
+    """Accuracy and consistency of `predictions` (identifier -> judged true) over the labelled
+    statements; statements it has no prediction for (an image without features) are counted."""
+    right = judged = unjudged = 0
+    by_sentence: dict[str, list[bool]] = defaultdict(list)
+    majority = sum(1 for s in statements if s.label) / max(1, sum(1 for s in statements if s.label is not None))
+    for s in statements:
+        if s.label is None:
+            continue
+        if s.identifier not in predictions:
+            unjudged += 1
+            continue
+        ok = predictions[s.identifier] == s.label
+        judged += 1
+        right += ok
+        by_sentence[" ".join(s.sentence.lower().split())].append(ok)
+    return {"accuracy": right / judged if judged else None, "statements_scored": judged,
+            "statements_without_features": unjudged,
+            "consistency": (sum(all(v) for v in by_sentence.values()) / len(by_sentence)) if by_sentence else None,
+            "majority_baseline": max(majority, 1 - majority) if judged else None}
