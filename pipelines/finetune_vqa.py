@@ -22,10 +22,9 @@ import os
 import sys
 
 from pipelines.cli import EXIT_OK, CommandParser, UsageError, usage_error
-from pipelines.train.flags import add_train_flags, check_kind, check_task, preflight, print_notes
+from pipelines.train.flags import add_train_flags, preflight, print_notes
 
 PROG = "finetune_vqa"
-STUDENT = "a MiniVLM student (pipelines.train_student's output)"
 
 
 def parse_args(argv):
@@ -58,15 +57,13 @@ def run(argv: list[str] | None = None) -> int:
         cfg, notes = preflight(args, PROG)
     except UsageError as e:
         return usage_error(PROG, e)
-    from models.captioning import resolve_checkpoint
-    from models.minivlm import MiniVLM, load_tokenizer
     from pipelines.data.vqa import answer_vocabulary
     from pipelines.train.loop import Trainer, fit_and_report, init_distributed, validate
+    from pipelines.train.pair_finetune import freeze_unused, pretrained_student
     from pipelines.train.pretrain_data import check_extractors
     from pipelines.train.vqa_data import VQACollate, VQAStream, by_image, feature_files, image_ids, read_questions
 
     try:
-        check_kind("--init", args.init, STUDENT, ("a MiniVLM student", "a training run folder holding a MiniVLM"))
         train_q, train_stats = read_questions(args.train, args.train_annotations, "--train", need_answers=True)
         answers = answer_vocabulary(train_q, args.min_answer_count)
         if not answers:
@@ -76,19 +73,7 @@ def run(argv: list[str] | None = None) -> int:
         if args.val:
             val_q, _ = read_questions(args.val, args.val_annotations, "--val", need_answers=True)
             val_files = feature_files(args.val_features or args.features, "--val-features")
-        init = resolve_checkpoint(args.init)
-        model = MiniVLM.from_pretrained(init)
-        check_task(model, "--init", args.init, "pretraining", "a pre-trained one (pipelines.train_student's output)")
-        tokenizer = load_tokenizer(init)
-        tag_min = args.tag_min_score if args.tag_min_score is not None else (
-            model.tee.config.score_thresh if model.tee is not None else model.config.tag_min_score)
-        if not 0 <= tag_min <= 1:
-            raise ValueError(f"--tag-min-score must be in [0, 1], not {tag_min}")
-        import torch
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)  # the fresh head: the same seed, the same run
-            model.start_vqa(answers, tag_min)
+        model, tokenizer = pretrained_student(args, cfg.seed, lambda m, tag_min: m.start_vqa(answers, tag_min))
         seen = check_extractors(train_files, model.config.extractor_id,
                                 allow_mismatch=args.allow_extractor_mismatch, tee=f"--init {args.init}")
         have = image_ids(train_files)
@@ -105,11 +90,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {len(train_q)} training questions ({without} about images without features, "
               f"{train_stats.malformed} malformed records skipped), {len(answers)} answers in the vocabulary",
               file=sys.stderr)
-    model.train()
-    if model.tee is not None:
-        model.tee.requires_grad_(False)  # the data holds its features already
-    model.contrastive.requires_grad_(False)  # unused here; DDP must not wait for its gradients
-    model.mlm.requires_grad_(False)
+    freeze_unused(model)
     dist = init_distributed(cfg.device if cfg.device != "auto" else "cpu")
     c = model.config
 

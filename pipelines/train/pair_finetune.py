@@ -1,5 +1,6 @@
-"""What finetune_retrieval and finetune_nlvr2 share: a pre-trained student, items that pair text
-with images, the features of those images -> a fine-tuned run through the shared loop.
+"""What the task fine-tunes share. finetune_retrieval and finetune_nlvr2: a pre-trained student,
+items that pair text with images, the features of those images -> a fine-tuned run through the
+shared loop; finetune_vqa: loading the student with its fresh head, and what it freezes.
 
 Each command reads its own files into items and says which images an item needs; the
 rest (the checks before any work, the fresh heads, the feature store, streams, the
@@ -42,11 +43,43 @@ def add_pair_flags(ap: argparse.ArgumentParser, **train_defaults) -> None:
     add_train_flags(ap, **train_defaults)
 
 
+def pretrained_student(args, seed: int, start: Callable) -> tuple:
+    """args.init (a pre-trained student) -> (model, tokenizer) with `start(model, tag_min_score)`
+    run under `seed` (fresh heads: the same seed, the same run). ValueError / UsageError (one
+    line) for a checkpoint of another task or a tag threshold outside [0, 1]."""
+    import torch
+
+    from models.captioning import resolve_checkpoint
+    from models.minivlm import MiniVLM, load_tokenizer
+
+    check_kind("--init", args.init, STUDENT, ("a MiniVLM student", "a training run folder holding a MiniVLM"))
+    init = resolve_checkpoint(args.init)
+    model = MiniVLM.from_pretrained(init)
+    check_task(model, "--init", args.init, "pretraining", "a pre-trained one (pipelines.train_student's output)")
+    tokenizer = load_tokenizer(init)
+    tag_min = args.tag_min_score if args.tag_min_score is not None else (
+        model.tee.config.score_thresh if model.tee is not None else model.config.tag_min_score)
+    if not 0 <= tag_min <= 1:
+        raise ValueError(f"--tag-min-score must be in [0, 1], not {tag_min}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        start(model, tag_min)
+    return model, tokenizer
+
+
+def freeze_unused(model) -> None:
+    """Train mode, with what a task fine-tune does not use frozen: the TEE (the data holds its
+    features already), the contrastive and masked-token heads (DDP must not wait for their gradients)."""
+    model.train()
+    if model.tee is not None:
+        model.tee.requires_grad_(False)
+    model.contrastive.requires_grad_(False)
+    model.mlm.requires_grad_(False)
+
+
 def finetune_pairs(args, cfg, notes: list[str], spec: PairTask, train_items: list, val_items: list,
                    data: dict) -> int:
     """Checks (exit 2 with one line), then training; `data` describes the items for run info."""
-    from models.captioning import resolve_checkpoint
-    from models.minivlm import MiniVLM, load_tokenizer
     from pipelines.train.featurestore import FeatureStore
     from pipelines.train.pair_data import RegionSource
     from pipelines.train.pretrain_data import check_extractors
@@ -54,22 +87,9 @@ def finetune_pairs(args, cfg, notes: list[str], spec: PairTask, train_items: lis
 
     prog = spec.prog
     try:
-        check_kind("--init", args.init, STUDENT, ("a MiniVLM student", "a training run folder holding a MiniVLM"))
+        model, tokenizer = pretrained_student(args, cfg.seed, lambda m, tag_min: m.start_task(spec.task, tag_min))
         train_files = feature_files(args.features, "--features")
         val_files = feature_files(args.val_features or args.features, "--val-features") if val_items else []
-        init = resolve_checkpoint(args.init)
-        model = MiniVLM.from_pretrained(init)
-        check_task(model, "--init", args.init, "pretraining", "a pre-trained one (pipelines.train_student's output)")
-        tokenizer = load_tokenizer(init)
-        tag_min = args.tag_min_score if args.tag_min_score is not None else (
-            model.tee.config.score_thresh if model.tee is not None else model.config.tag_min_score)
-        if not 0 <= tag_min <= 1:
-            raise ValueError(f"--tag-min-score must be in [0, 1], not {tag_min}")
-        import torch
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)  # the fresh heads: the same seed, the same run
-            model.start_task(spec.task, tag_min)
         seen = check_extractors(train_files, model.config.extractor_id,
                                 allow_mismatch=args.allow_extractor_mismatch, tee=f"--init {args.init}")
         have = image_ids(train_files)
@@ -86,11 +106,7 @@ def finetune_pairs(args, cfg, notes: list[str], spec: PairTask, train_items: lis
               file=sys.stderr)
     from pipelines.train.loop import Trainer, fit_and_report, init_distributed, validate
 
-    model.train()
-    if model.tee is not None:
-        model.tee.requires_grad_(False)  # the data holds its features already
-    model.contrastive.requires_grad_(False)  # unused here; DDP must not wait for its gradients
-    model.mlm.requires_grad_(False)
+    freeze_unused(model)
     dist = init_distributed(cfg.device if cfg.device != "auto" else "cpu")
     c = model.config
 
