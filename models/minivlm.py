@@ -424,9 +424,14 @@ class MiniVLM(nn.Module):
                                                             device=b.device)]).float()
         scores = self.match_scores(batch, images, captions)  # (P,)
         matching_loss = F.binary_cross_entropy_with_logits(scores, labels)
+        # Retrieval ranks one query's candidates against each other: each positive must also
+        # outscore its own hard negatives, whatever the scores' level (softplus of the margin).
+        positive, n_c = scores[:len(b)], int(has_c.sum())
+        margins = torch.cat([scores[len(b):len(b) + n_c] - positive[has_c], scores[len(b) + n_c:] - positive[has_i]])
+        ranking_loss = F.softplus(margins).mean() if len(margins) else scores.sum() * 0.0
         with torch.no_grad():
             matching_accuracy = ((scores > 0).float() == labels).float().mean()
-        return {"matching_loss": matching_loss, "embedding_loss": embedding_loss,
+        return {"matching_loss": matching_loss, "ranking_loss": ranking_loss, "embedding_loss": embedding_loss,
                 "matching_accuracy": matching_accuracy, "embedding_accuracy": embedding_accuracy}
 
     # ---- NLVR2 ------------------------------------------------------------------------------
