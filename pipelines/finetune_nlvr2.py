@@ -19,16 +19,17 @@ import sys
 
 from pipelines.cli import CommandParser, UsageError, usage_error
 from pipelines.train.flags import preflight
-from pipelines.train.pair_finetune import PairTask, add_pair_flags, finetune_pairs, read_statements
+from pipelines.train.pair_finetune import PairTask, add_task_flags, finetune_pairs, read_statements
 
 PROG = "finetune_nlvr2"
 
 
 def parse_args(argv):
     ap = CommandParser(prog="python -m pipelines.finetune_nlvr2", description=__doc__.splitlines()[0])
-    ap.add_argument("--train", required=True, help="NLVR2 JSON Lines (train.json)")
-    ap.add_argument("--val", help="validation statements, like --train (dev.json)")
-    add_pair_flags(ap, lr=5e-5, batch_size=32, warmup_steps=500, weight_decay=0.01)
+    d = ap.add_argument_group("data")
+    d.add_argument("--train", required=True, help="NLVR2 JSON Lines (train.json)")
+    d.add_argument("--val", help="validation statements, like --train (dev.json)")
+    add_task_flags(ap, d, lr=5e-5, batch_size=32, warmup_steps=500, weight_decay=0.01)
     return ap.parse_args(argv)
 
 

@@ -21,18 +21,19 @@ import sys
 
 from pipelines.cli import CommandParser, UsageError, usage_error
 from pipelines.train.flags import preflight
-from pipelines.train.pair_finetune import PairTask, add_pair_flags, finetune_pairs, read_caption_pairs
+from pipelines.train.pair_finetune import PairTask, add_task_flags, finetune_pairs, read_caption_pairs
 
 PROG = "finetune_retrieval"
 
 
 def parse_args(argv):
     ap = CommandParser(prog="python -m pipelines.finetune_retrieval", description=__doc__.splitlines()[0])
-    ap.add_argument("--train", required=True, help="Karpathy-split JSON (or JSON Lines of its image records)")
-    ap.add_argument("--train-split", default="train,restval", help="the splits of --train to train on")
-    ap.add_argument("--val", help="validation images and captions, like --train")
-    ap.add_argument("--val-split", default="val", help="the splits of --val to validate on")
-    add_pair_flags(ap, lr=5e-5, batch_size=32, warmup_steps=500, weight_decay=0.01)
+    d = ap.add_argument_group("data")
+    d.add_argument("--train", required=True, help="Karpathy-split JSON (or JSON Lines of its image records)")
+    d.add_argument("--train-split", default="train,restval", help="the splits of --train to train on")
+    d.add_argument("--val", help="validation images and captions, like --train")
+    d.add_argument("--val-split", default="val", help="the splits of --val to validate on")
+    add_task_flags(ap, d, lr=5e-5, batch_size=32, warmup_steps=500, weight_decay=0.01)
     return ap.parse_args(argv)
 
 

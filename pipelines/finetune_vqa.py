@@ -22,7 +22,8 @@ import os
 import sys
 
 from pipelines.cli import EXIT_OK, CommandParser, UsageError, usage_error
-from pipelines.train.flags import add_train_flags, preflight, print_notes
+from pipelines.train.flags import preflight, print_notes
+from pipelines.train.pair_finetune import add_task_flags
 
 PROG = "finetune_vqa"
 
@@ -32,22 +33,13 @@ def parse_args(argv):
     d = ap.add_argument_group("data")
     d.add_argument("--train", required=True, help="VQA v2 questions JSON (with --train-annotations) or JSON Lines")
     d.add_argument("--train-annotations", help="VQA v2 annotations JSON of --train")
-    d.add_argument("--features", required=True, help="extract_features output (or a corpus) for --train's images")
     d.add_argument("--val", help="validation questions, like --train")
     d.add_argument("--val-annotations", help="VQA v2 annotations JSON of --val")
-    d.add_argument("--val-features", help="features of --val's images (default: --features)")
     d.add_argument("--min-answer-count", type=int, default=1,
                    help="answers given by fewer humans over the training questions are left out of the vocabulary "
                         "(VQA v2 practice: 9, giving ~3,000 answers)")
     d.add_argument("--shuffle-buffer", type=int, default=1000, help="samples in the streaming shuffle buffer")
-    d.add_argument("--val-batches", type=int, default=20, help="batches of the validation data per validation")
-    d.add_argument("--allow-extractor-mismatch", action="store_true",
-                   help="train even if the features came from another TEE than the student's")
-    m = ap.add_argument_group("model")
-    m.add_argument("--init", required=True, help="a pre-trained student: pipelines.train_student's output")
-    m.add_argument("--tag-min-score", type=float, default=None,
-                   help="TEE regions at least this confident give the tags (default: the TEE's score_thresh)")
-    add_train_flags(ap, lr=5e-5, batch_size=32, warmup_steps=500, weight_decay=0.01)
+    add_task_flags(ap, d, lr=5e-5, batch_size=32, warmup_steps=500, weight_decay=0.01)
     return ap.parse_args(argv)
 
 

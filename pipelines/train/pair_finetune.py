@@ -29,8 +29,9 @@ class PairTask:
     collate: type
 
 
-def add_pair_flags(ap: argparse.ArgumentParser, **train_defaults) -> None:
-    d = ap.add_argument_group("data")
+def add_task_flags(ap: argparse.ArgumentParser, d, **train_defaults) -> None:
+    """Every task fine-tune's flags beside its own data flags (`d`, its "data" group): the features,
+    validation, the pre-trained student, the tag threshold and the training loop."""
     d.add_argument("--features", required=True, help="extract_features output (or a corpus) for --train's images")
     d.add_argument("--val-features", help="features of --val's images (default: --features)")
     d.add_argument("--val-batches", type=int, default=20, help="batches of the validation data per validation")
