@@ -8,7 +8,8 @@ Input sequence (OSCAR style), segment 0 for the caption, 1 for tags and regions:
 A region enters as its TEE feature plus a 6-d box position (x0, y0, x1, y1, w, h,
 normalised) -> linear -> hidden size -> LayerNorm -> dropout. Heads: masked-token
 prediction (decoder tied to the word embeddings) and a 3-way contrastive head on
-[CLS] (matched / polluted caption / polluted tags).
+[CLS] (matched / polluted caption / polluted tags); a fine-tuned student adds its task's
+head (VQA answers; retrieval matching and embeddings, NLVR2's pair classifier: models/heads.py).
 
 `embedding_rank` r factorises the word embedding (ALBERT style): a (V, r) table E then a
 bias-free r -> H projection P ((H, r) weight), V*r + r*H parameters instead of V*H. The
@@ -366,7 +367,7 @@ class MiniVLM(nn.Module):
 
     # ---- retrieval -------------------------------------------------------------------------
     #
-    # A retrieval batch keeps captions and images apart (models.retrieval.RetrievalCollate):
+    # A retrieval batch keeps captions and images apart (models.retrieval.retrieval_inputs):
     # caption_ids / caption_mask (Nc, caption_slot): [CLS] caption [SEP], padded; tag_ids /
     # tag_mask (Ni, T - caption_slot): an image's tags [SEP]; region_* (Ni, R, ...). Pairs are
     # put together here, so a batch of B images and B captions serves every (image, caption)
