@@ -379,14 +379,17 @@ class MiniVLM(nn.Module):
         types[:, slot:] = 1
         return self.encode(input_ids, types, text_mask, *regions)[:, 0]  # (N, H)
 
-    def match_scores(self, batch: dict, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
-        """(N,) log-odds that caption captions[n] describes image images[n], both seen together."""
+    def _retrieval(self) -> RetrievalHeads:
         if self.retrieval is None:
             raise ValueError("this student has no retrieval head (fine-tune it with pipelines.finetune_retrieval)")
+        return self.retrieval
+
+    def match_scores(self, batch: dict, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """(N,) log-odds that caption captions[n] describes image images[n], both seen together."""
         ids = torch.cat([batch["caption_ids"][captions], batch["tag_ids"][images]], dim=1)
         mask = torch.cat([batch["caption_mask"][captions], batch["tag_mask"][images]], dim=1)
         regions = (batch["region_features"][images], batch["region_boxes"][images], batch["region_mask"][images])
-        return self.retrieval.match_score(self._cls(ids, mask, regions))
+        return self._retrieval().match_score(self._cls(ids, mask, regions))
 
     def image_embeddings(self, batch: dict) -> torch.Tensor:
         """(Ni, H) unit vectors of the images alone: [CLS] [SEP] tags [SEP] regions."""
@@ -397,7 +400,7 @@ class MiniVLM(nn.Module):
         head_mask[:, :2] = 1
         cls = self._cls(torch.cat([head, batch["tag_ids"]], 1), torch.cat([head_mask, batch["tag_mask"]], 1),
                         (batch["region_features"], batch["region_boxes"], batch["region_mask"]))
-        return self.retrieval.embed(cls, "image")
+        return self._retrieval().embed(cls, "image")
 
     def text_embeddings(self, batch: dict) -> torch.Tensor:
         """(Nc, H) unit vectors of the captions alone: [CLS] caption [SEP], no image."""
@@ -405,30 +408,30 @@ class MiniVLM(nn.Module):
         n, d = ids.shape[0], self.config.region_feature_dim
         none = (ids.new_zeros((n, 0, d), dtype=torch.float32), ids.new_zeros((n, 0, 4), dtype=torch.float32),
                 ids.new_zeros((n, 0)))
-        return self.retrieval.embed(self._cls(ids, batch["caption_mask"], none), "text")
+        return self._retrieval().embed(self._cls(ids, batch["caption_mask"], none), "text")
 
     def retrieval_outputs(self, batch: dict) -> dict:
         """Image b and caption b are a positive pair. The embeddings learn from every pairing of
         the batch (InfoNCE); the matching head from the B positives, each image with its hardest
         caption and each caption with its hardest image (by embedding similarity)."""
-        if self.retrieval is None:
-            raise ValueError("this student has no retrieval head (fine-tune it with pipelines.finetune_retrieval)")
         same = batch["same_text"]  # (B, B): caption j says exactly what caption i says
         similarity = self.image_embeddings(batch) @ self.text_embeddings(batch).T  # (B, B)
-        embedding_loss, embedding_accuracy = info_nce(similarity, same, self.retrieval.logit_scale)
+        embedding_loss, embedding_accuracy = info_nce(similarity, same, self._retrieval().logit_scale)
         negative_caption, negative_image = hardest_negatives(similarity.detach(), same)
         b = torch.arange(len(similarity), device=similarity.device)
         has_c, has_i = negative_caption >= 0, negative_image >= 0
+        # one fusion pass for all three kinds of pair: (b, b), (b, its caption), (its image, b)
         images = torch.cat([b, b[has_c], negative_image[has_i]])
         captions = torch.cat([b, negative_caption[has_c], b[has_i]])
-        labels = torch.cat([torch.ones_like(b), torch.zeros(int(has_c.sum()) + int(has_i.sum()), dtype=torch.long,
-                                                            device=b.device)]).float()
-        scores = self.match_scores(batch, images, captions)  # (P,)
+        positive, against_caption, against_image = self.match_scores(batch, images, captions).split(
+            [len(b), int(has_c.sum()), int(has_i.sum())])
+        negatives = torch.cat([against_caption, against_image])
+        scores = torch.cat([positive, negatives])
+        labels = torch.cat([torch.ones_like(positive), torch.zeros_like(negatives)])
         matching_loss = F.binary_cross_entropy_with_logits(scores, labels)
         # Retrieval ranks one query's candidates against each other: each positive must also
         # outscore its own hard negatives, whatever the scores' level (softplus of the margin).
-        positive, n_c = scores[:len(b)], int(has_c.sum())
-        margins = torch.cat([scores[len(b):len(b) + n_c] - positive[has_c], scores[len(b) + n_c:] - positive[has_i]])
+        margins = torch.cat([against_caption - positive[has_c], against_image - positive[has_i]])
         ranking_loss = F.softplus(margins).mean() if len(margins) else scores.sum() * 0.0
         with torch.no_grad():
             matching_accuracy = ((scores > 0).float() == labels).float().mean()

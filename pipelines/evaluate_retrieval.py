@@ -86,13 +86,12 @@ def run(argv: list[str] | None = None) -> int:
     storage.write_text(storage.join(args.output, "retrieval_eval.json"), json.dumps(out, indent=2))
     print(f"| {out['images']} images, {out['captions']} captions | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 "
           "| ms/query i2t | t2i |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ms = out["ms_per_query"]
     for name in ("first_stage", "reranked", "full"):
         if name in out:
-            r, ms = out[name], out["ms_per_query"]
-            times = {"reranked": (ms["reranked_i2t"], ms["reranked_t2i"]),
-                     "full": (ms.get("full_i2t"), ms.get("full_t2i"))}.get(name, ("-", "-"))
+            r = out[name]
             print(f"| {name} | " + " | ".join(f"{r[d][k]:.3f}" for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10"))
-                  + f" | {times[0]} | {times[1]} |")
+                  + f" | {ms.get(f'{name}_i2t', '-')} | {ms.get(f'{name}_t2i', '-')} |")
     print(f"{PROG}: {out['images']} images ({out['images_without_features']} of the split without features) "
           f"-> {args.output}", file=sys.stderr)
     return EXIT_OK

@@ -50,10 +50,11 @@ def run(argv: list[str] | None = None) -> int:
     except UsageError as e:
         return usage_error(PROG, e)
     from pipelines.data.vqa import answer_vocabulary
+    from pipelines.train.featurestore import feature_files, image_ids
     from pipelines.train.loop import Trainer, fit_and_report, init_distributed, validate
     from pipelines.train.pair_finetune import freeze_unused, pretrained_student
     from pipelines.train.pretrain_data import check_extractors
-    from pipelines.train.vqa_data import VQACollate, VQAStream, by_image, feature_files, image_ids, read_questions
+    from pipelines.train.vqa_data import VQACollate, VQAStream, by_image, read_questions
 
     try:
         train_q, train_stats = read_questions(args.train, args.train_annotations, "--train", need_answers=True)

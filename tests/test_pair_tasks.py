@@ -256,3 +256,18 @@ def test_torchrun_two_processes_finetune_nlvr2_with_a_store_per_rank(chain, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in _metrics(out) if r["split"] == "train"] == [1, 2, 3]
     assert MiniVLM.from_pretrained(str(out / "model")).config.task == "nlvr2"
+
+
+def test_validation_from_the_training_features_shares_their_store(chain, tmp_path, monkeypatch):
+    root, _, _, nlvr2 = chain
+    from pipelines.train import featurestore
+
+    built = []
+    monkeypatch.setattr(featurestore.FeatureStore, "__init__",
+                        lambda self, *a, _init=featurestore.FeatureStore.__init__, **k: built.append(1) or _init(
+                            self, *a, **k))
+    assert finetune_nlvr2(["--init", str(root / "pretrained"), "--train", nlvr2, "--val", nlvr2, "--features",
+                           str(root / "corpus"), "--output", str(tmp_path / "v"), "--max-steps", "2", *LOOP]) == 0
+    val = [r for r in _metrics(tmp_path / "v") if r["split"] == "val"]
+    assert len(val) == 1 and 0 <= val[0]["val_nlvr2_accuracy"] <= 1
+    assert len(built) == 1  # one pass over the feature files serves training and validation

@@ -22,6 +22,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from pipelines.data import storage
+from pipelines.data.text import caption_key
 
 
 @dataclass
@@ -135,11 +136,6 @@ def read_karpathy(path: str, splits: set[str] | None = None) -> tuple[list[Retri
     return reader.images, reader.stats
 
 
-def _caption_key(caption: str) -> str:
-    # "A dog runs." and "a dog  runs" are one caption to a reader, so one to the pool.
-    return " ".join(caption.lower().split()).rstrip(".").rstrip()
-
-
 def distinct_caption_pool(images: list[RetrievalImage], size: int) -> list[RetrievalImage]:
     """Up to `size` images, in order, each reduced to its first caption, no two sharing one.
 
@@ -156,7 +152,7 @@ def distinct_caption_pool(images: list[RetrievalImage], size: int) -> list[Retri
             break
         if not image.captions:
             continue
-        key = _caption_key(image.captions[0])
+        key = caption_key(image.captions[0])  # "A dog runs." and "a dog  runs" are one caption
         if key in chosen:
             continue
         chosen.add(key)

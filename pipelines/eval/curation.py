@@ -23,17 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.data.idset import KeyGroups
+from pipelines.data.text import caption_key
 from pipelines.eval.card import BottomK, TopCounter, int_keys, sample_rows, value_counts
 
 COLUMNS = ["image_id", "source_uri", "sha256", "width", "height", "license", "author", "captions", "tags"]
 REASONS = ("duplicate_image", "repeated_image_id", "repeated_caption", "low_caption_score", "low_similarity")
 SHOWN_GROUPS = 20
 FLAGGED_CSV = "flagged.csv"
-
-
-def caption_key(text: str) -> str:
-    """What makes two captions "the same": case, spacing and a final full stop do not."""
-    return " ".join(text.split()).lower().rstrip(".").rstrip()
 
 
 def best_captions(captions: pa.Array) -> tuple[np.ndarray, list, np.ndarray, np.ndarray]:

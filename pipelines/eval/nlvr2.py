@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 
+from pipelines.data.text import caption_key
 from pipelines.train.streams import loaded_batches
 
 
@@ -27,20 +28,20 @@ def predict(model, stream, collate, *, batch_size: int) -> Iterator[tuple[str, b
 def score(predictions: dict[str, bool], statements) -> dict:
     """Accuracy and consistency of `predictions` (identifier -> judged true) over the labelled
     statements; statements it has no prediction for (an image without features) are counted."""
-    right = judged = unjudged = 0
+    right = judged = unjudged = true = 0
     by_sentence: dict[str, list[bool]] = defaultdict(list)
-    majority = sum(1 for s in statements if s.label) / max(1, sum(1 for s in statements if s.label is not None))
     for s in statements:
         if s.label is None:
             continue
+        true += s.label
         if s.identifier not in predictions:
             unjudged += 1
             continue
         ok = predictions[s.identifier] == s.label
         judged += 1
         right += ok
-        by_sentence[" ".join(s.sentence.lower().split())].append(ok)
+        by_sentence[caption_key(s.sentence)].append(ok)
     return {"accuracy": right / judged if judged else None, "statements_scored": judged,
             "statements_without_features": unjudged,
             "consistency": (sum(all(v) for v in by_sentence.values()) / len(by_sentence)) if by_sentence else None,
-            "majority_baseline": max(majority, 1 - majority) if judged else None}
+            "majority_baseline": max(true, judged + unjudged - true) / (judged + unjudged) if judged else None}

@@ -8,9 +8,9 @@ def load_task_checkpoint(args, task: str, what: str):
     another kind or task, features of another TEE, or a folder without features."""
     from models.captioning import resolve_checkpoint, resolve_device
     from models.minivlm import MiniVLM, load_tokenizer
+    from pipelines.train.featurestore import feature_files
     from pipelines.train.flags import check_kind, check_task
     from pipelines.train.pretrain_data import check_extractors
-    from pipelines.train.vqa_data import feature_files
 
     check_kind("--checkpoint", args.checkpoint, f"a {task} student",
                ("a MiniVLM student", "a training run folder holding a MiniVLM"))
@@ -39,19 +39,27 @@ def retrieval_pool(model, tokenizer, files: list[str], images, *, size: int, dis
     index), counts), or (None, counts) when no image has features."""
     from models.retrieval import caption_inputs, image_inputs
     from pipelines.data.retrieval import distinct_caption_pool
+    from pipelines.train.featurestore import image_ids
 
-    source = region_source(model, files, {im.image_id for im in images})
-    chosen, regions, without = [], [], 0
+    # Which images have features (one column read) first, so that only the pool's rows are
+    # copied, not the whole split's (a pool of 1,000 from COCO's 5,000 test images).
+    have = image_ids(files)
     candidates = distinct_caption_pool(images, len(images)) if distinct else images
+    pool, without = [], 0
     for im in candidates:
-        r = source.regions(im.image_id)
-        if r is None:
-            without += 1
-            continue
-        chosen.append(im)
-        regions.append(r)
-        if size and len(chosen) == size:
+        if size and len(pool) == size:
             break
+        if im.image_id in have:
+            pool.append(im)
+        else:
+            without += 1
+    source = region_source(model, files, {im.image_id for im in pool})
+    chosen, regions = [], []
+    for im in pool:
+        r = source.regions(im.image_id)  # None: a row the student cannot read (counted in skipped)
+        if r is not None:
+            chosen.append(im)
+            regions.append(r)
     counts = {"images_without_features": without, "skipped": dict(source.skipped)}
     if not chosen:
         return None, counts

@@ -26,11 +26,34 @@ from typing import Iterable
 import numpy as np
 
 from pipelines.data.idset import insert_batched, open_db
-from pipelines.train.pretrain_data import iter_rows
+from pipelines.train.pretrain_data import iter_rows, shard_files
 
 META = ("num_regions", "feature_dim", "names", "scores", "attributes", "region_names", "region_scores",
         "region_attributes")
 COLUMNS = ["image_id", "boxes", "features", *META]  # a features table's or a corpus's (absent ones skipped)
+
+
+def feature_files(path: str, flag: str) -> list[str]:
+    """The Parquet files of an extract_features run or a corpus (or a folder of them); ValueError if none."""
+    from pipelines.data import storage
+
+    for inner in ("features", "shards"):  # an extract_features run, a corpus
+        if storage.exists(storage.join(path, inner)):
+            path = storage.join(path, inner)
+            break
+    files = shard_files(path)
+    if not files:
+        raise ValueError(f"{flag} {path} holds no features Parquet: run pipelines.extract_features on the images")
+    return files
+
+
+def image_ids(files: list[str]) -> set[str]:
+    """Every image id in the feature files (one column read): which images have features, before
+    anything heavier is read."""
+    from schemas.io import iter_file_batches
+
+    return {str(i) for f in files for b in iter_file_batches(f, columns=["image_id"])
+            for i in b.column("image_id").to_pylist()}
 
 
 def _remove(directory: str, owner: int) -> None:
@@ -48,22 +71,20 @@ class FeatureStore:
         wanted = None if wanted is None else set(map(str, wanted))
         db = open_db(self.directory)
         db.execute("CREATE TABLE rows (id TEXT PRIMARY KEY, meta TEXT, features BLOB, boxes BLOB) WITHOUT ROWID")
-        read = [0]
 
         def rows():
             for row in iter_rows(sorted(files), columns=COLUMNS):
                 image_id = str(row["image_id"])
                 if wanted is not None and image_id not in wanted:
                     continue
-                read[0] += 1
                 meta = {k: row.get(k) for k in META if k in row}
                 yield (image_id, json.dumps(meta), np.asarray(row["features"], np.float16).tobytes(),
                        np.asarray(row["boxes"], np.float32).tobytes())
 
+        # an image twice in the tables (a glob over two runs): its first row is kept
         insert_batched(db, "INSERT OR IGNORE INTO rows VALUES (?, ?, ?, ?)", rows())
         db.execute("COMMIT")  # readers in other connections (and processes) see the rows from here on
         self.size = db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
-        self.duplicates = read[0] - self.size  # an image twice in the tables: its first row is kept
         db.close()
         self._reader: tuple[int, sqlite3.Connection] | None = None
 

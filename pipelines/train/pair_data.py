@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from models.retrieval import nlvr2_inputs, retrieval_inputs
+from pipelines.data.text import caption_key
 from pipelines.train.featurestore import FeatureStore
 from pipelines.train.pretrain_data import region_problem, row_regions
 from pipelines.train.streams import ResumableStream, by_index
@@ -46,11 +47,6 @@ class StatementPair:
     left: Regions
     right: Regions
     label: bool | None
-
-
-def same_text(text: str) -> str:
-    """Captions compared as a reader would: case, spacing and a final full stop ignored."""
-    return " ".join(text.lower().split()).rstrip(".")
 
 
 class RegionSource:
@@ -126,7 +122,7 @@ class RetrievalCollate:
         batch = retrieval_inputs(self.tok, self.config, [s.caption for s in samples], [i.tags for i in images],
                                  [i.features for i in images], [i.boxes for i in images])
         ids = np.array([i.image_id for i in images], dtype=object)
-        texts = np.array([same_text(s.caption) for s in samples], dtype=object)
+        texts = np.array([caption_key(s.caption) for s in samples], dtype=object)
         batch["same_text"] = torch.from_numpy((ids[:, None] == ids[None, :]) | (texts[:, None] == texts[None, :]))
         return batch
 

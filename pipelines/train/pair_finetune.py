@@ -81,10 +81,9 @@ def freeze_unused(model) -> None:
 def finetune_pairs(args, cfg, notes: list[str], spec: PairTask, train_items: list, val_items: list,
                    data: dict) -> int:
     """Checks (exit 2 with one line), then training; `data` describes the items for run info."""
-    from pipelines.train.featurestore import FeatureStore
+    from pipelines.train.featurestore import FeatureStore, feature_files, image_ids
     from pipelines.train.pair_data import RegionSource
     from pipelines.train.pretrain_data import check_extractors
-    from pipelines.train.vqa_data import feature_files, image_ids
 
     prog = spec.prog
     try:
@@ -111,18 +110,23 @@ def finetune_pairs(args, cfg, notes: list[str], spec: PairTask, train_items: lis
     dist = init_distributed(cfg.device if cfg.device != "auto" else "cpu")
     c = model.config
 
-    def source(files, items):
-        wanted = {i for item in items for i in spec.images_of(item)}
-        return RegionSource(FeatureStore(files, wanted), feature_dim=c.region_feature_dim,
-                            max_regions=c.max_regions, tag_min_score=c.tag_min_score)
+    def wanted(items) -> set[str]:
+        return {i for item in items for i in spec.images_of(item)}
 
+    def source(store):
+        return RegionSource(store, feature_dim=c.region_feature_dim, max_regions=c.max_regions,
+                            tag_min_score=c.tag_min_score)
+
+    # Validation from the same features (no --val-features): one store, one pass over the files.
+    shared = bool(val_items) and val_files == train_files
+    train_store = FeatureStore(train_files, wanted(train_items) | (wanted(val_items) if shared else set()))
     collate = spec.collate(tokenizer, c)
-    train = spec.stream(train_items, source(train_files, train_items), seed=cfg.seed, batch_size=cfg.batch_size,
+    train = spec.stream(train_items, source(train_store), seed=cfg.seed, batch_size=cfg.batch_size,
                         rank=dist.rank, world=dist.world)
     evaluate = None
     if val_items:
-        val = spec.stream(val_items, source(val_files, val_items), shuffle=False, seed=cfg.seed,
-                          batch_size=cfg.batch_size)
+        val_store = train_store if shared else FeatureStore(val_files, wanted(val_items))
+        val = spec.stream(val_items, source(val_store), shuffle=False, seed=cfg.seed, batch_size=cfg.batch_size)
 
         def evaluate(m):
             return validate(m, val, collate, max_batches=args.val_batches, seed=cfg.seed)

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.captioning import tags_from_regions
 from models.minivlm import MATCHED, POLLUTED_CAPTION, POLLUTED_TAGS
+from pipelines.data.text import caption_key
 from pipelines.train.streams import ResumableStream, shuffled
 
 log = logging.getLogger(__name__)
@@ -210,8 +212,6 @@ def region_problem(row: dict, feature_dim: int) -> str | None:
 def row_regions(row: dict, max_regions: int, tag_min_score: float) -> tuple[list[str], np.ndarray, np.ndarray]:
     """A features or corpus row (checked by region_problem) -> the TEE's tags, (R, D) features and
     (R, 4) boxes, at most max_regions: what a fine-tuned student sees of an image."""
-    from models.captioning import tags_from_regions
-
     n, d = int(row["num_regions"]), int(row["feature_dim"])
     keep = min(n, max_regions)
     names = row.get("region_names") or row.get("names") or []
@@ -220,10 +220,6 @@ def row_regions(row: dict, max_regions: int, tag_min_score: float) -> tuple[list
     return (tags_from_regions(names, scores, tag_min_score, attributes),
             np.asarray(row["features"]).reshape(n, d)[:keep].astype(np.float32),
             np.asarray(row["boxes"]).reshape(n, 4)[:keep].astype(np.float32))
-
-
-def _same_text(text: str) -> str:
-    return " ".join(text.lower().split()).rstrip(".")
 
 
 class PretrainCollate:
@@ -241,6 +237,7 @@ class PretrainCollate:
         rngs = [np.random.default_rng(s.seed) for s in samples]
         captions, tags = [s.caption for s in samples], [s.tags for s in samples]
         labels = np.full(b, MATCHED)
+        keys = {f: [caption_key(getattr(s, f)) for s in samples] for f in ("caption", "tags")}  # once per batch
         for i, rng in enumerate(rngs):
             u = rng.random()
             if u < obj.polluted_caption:
@@ -249,8 +246,7 @@ class PretrainCollate:
                 field, label = "tags", POLLUTED_TAGS
             else:
                 continue
-            own = _same_text(getattr(samples[i], field))
-            donors = [j for j in range(b) if j != i and _same_text(getattr(samples[j], field)) != own]
+            donors = [j for j in range(b) if keys[field][j] != keys[field][i]]
             if not donors:
                 continue  # nothing in the batch says something else: matched
             donor = donors[int(rng.integers(len(donors)))]

@@ -129,28 +129,6 @@ class VQACollate:
 
 # ---- what the VQA commands share ----------------------------------------------------------
 
-def feature_files(path: str, flag: str) -> list[str]:
-    from pipelines.data import storage
-    from pipelines.train.pretrain_data import shard_files
-
-    for inner in ("features", "shards"):  # an extract_features run, a corpus
-        if storage.exists(storage.join(path, inner)):
-            path = storage.join(path, inner)
-            break
-    files = shard_files(path)
-    if not files:
-        raise ValueError(f"{flag} {path} holds no features Parquet: run pipelines.extract_features on the images")
-    return files
-
-
-def image_ids(files: list[str]) -> set[str]:
-    """Every image id in the feature files (one column read): to count questions without features."""
-    from schemas.io import iter_file_batches
-
-    return {str(i) for f in files for b in iter_file_batches(f, columns=["image_id"])
-            for i in b.column("image_id").to_pylist()}
-
-
 def read_questions(questions: str, annotations: str | None, flag: str, *, need_answers: bool):
     from pipelines.data.vqa import read_vqa
 
