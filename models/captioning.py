@@ -23,21 +23,18 @@ each step runs only its two new positions; cache=False re-encodes everything eac
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.minivlm import MiniVLM, box_positions, load_tokenizer, seq2seq_attention
+from models.decoding import Caption, beam_search, greedy_search, tags_from_regions
+from models.minivlm import TINY_STUDENT, MiniVLM, box_positions, load_tokenizer, seq2seq_attention, tiny_name
 
-
-@dataclass(frozen=True)
-class Caption:
-    text: str
-    score: float  # mean log-probability per generated token ([SEP] included when generated)
-    tags: tuple[str, ...]  # the TEE's class names the student was shown
+__all__ = ["Caption", "CachedStep", "NotACaptioningCheckpoint", "StudentCaptioner", "UncachedStep", "beam_search",
+           "greedy_search", "load_for_inference", "load_student_captioner", "region_inputs", "resolve_checkpoint",
+           "resolve_device", "tag_token_ids", "tags_from_regions", "text_inputs"]
 
 
 class NotACaptioningCheckpoint(ValueError):
@@ -45,24 +42,6 @@ class NotACaptioningCheckpoint(ValueError):
 
 
 # ---- inputs ------------------------------------------------------------------------------
-
-def tags_from_regions(names: Sequence[str], scores: Sequence[float], min_score: float,
-                      attributes: Sequence[Sequence[str]] | None = None) -> list[str]:
-    """The TEE's tags for an image: distinct names of regions scoring >= min_score, best first.
-
-    With region attributes (a TEE with an attribute head) a region's tag carries them:
-    "blue small circle" rather than "circle". Fine-tuning (from stored features) and
-    inference (from a live TEE) both call this, so the student sees the same kind of tags
-    in both.
-    """
-    best: dict[str, float] = {}
-    for i, (name, score) in enumerate(zip(names, scores)):
-        if name and attributes is not None and i < len(attributes) and attributes[i]:
-            name = " ".join([*attributes[i], name])
-        if name and score >= min_score and score > best.get(name, -math.inf):
-            best[name] = float(score)
-    return sorted(best, key=lambda n: -best[n])
-
 
 def tag_token_ids(tokenizer, tags: list[list[str]], limit: int) -> list[list[int]]:
     texts = [" ".join(t) for t in tags]
@@ -100,13 +79,30 @@ def region_inputs(features: list[np.ndarray], boxes: list[np.ndarray], feature_d
             "region_mask": torch.from_numpy(mask)}
 
 
-# ---- decoding ----------------------------------------------------------------------------
+# ---- decoding steps ----------------------------------------------------------------------
 #
-# A search asks a step for next-token log-probabilities: step(prefix, rows) with prefix
-# (N, t) the words of N hypotheses so far and rows (N,) the context (image) of each. Between
-# calls it says how the hypotheses moved with step.reorder(index): the next call's
-# hypothesis i continues the previous call's hypothesis index[i]. UncachedStep re-encodes
-# everything each call (the reference); CachedStep carries keys/values along.
+# The searches (greedy, beam) are models.decoding's, in NumPy, shared with the ONNX export's
+# runtime. A step here answers in torch when called (step(prefix, rows) -> (N, V) log-probs
+# on the model's device) and in NumPy through log_probs, which is what a search calls.
+# UncachedStep re-encodes everything each call (the reference); CachedStep carries keys/values along.
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(N, L, H) -> (N, heads, L, d)"""
+    n, length, hidden = x.shape
+    return x.view(n, length, heads, hidden // heads).transpose(1, 2)
+
+
+def attend(layer, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """One BERT layer for new positions x (N, n, H) against keys/values (N, h, P, d) that already
+    hold theirs; allowed (N, 1, n, P) bool -> (N, n, H). CachedStep and the ONNX export's fusion
+    graph (models.export) both run it."""
+    attention = layer.attention.self
+    query = split_heads(attention.query(x), keys.shape[1])
+    mixed = F.scaled_dot_product_attention(query, keys, values, attn_mask=allowed,
+                                           scale=attention.scaling)  # (N, h, n, d)
+    mixed = layer.attention.output(mixed.transpose(1, 2).reshape(x.shape), x)  # (N, n, H)
+    return layer.output(layer.intermediate(mixed), mixed)
 
 
 class DecodingStep:
@@ -114,11 +110,18 @@ class DecodingStep:
 
     def __init__(self, model: MiniVLM, banned: list[int]):
         self.model, self.config = model, model.config
+        self.sep_token_id, self.pad_token_id = self.config.sep_token_id, self.config.pad_token_id
         self.device = next(model.parameters()).device
         self.banned = torch.tensor(banned, dtype=torch.long, device=self.device)
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """index (N',) on the CPU: hypothesis i of the next call continues index[i] of the last one."""
+    def reorder(self, index) -> None:
+        """index (N',) on the CPU (torch or NumPy): hypothesis i of the next call continues index[i] of the last one."""
+
+    def log_probs(self, prefix: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """What a search calls: NumPy in, NumPy out, (N, t) and (N,) int64 -> (N, V) float32."""
+        logp = self(torch.from_numpy(np.ascontiguousarray(prefix)).to(self.device),
+                    torch.from_numpy(np.ascontiguousarray(rows)).to(self.device))
+        return logp.float().cpu().numpy()
 
     def _log_probs(self, hidden: torch.Tensor, t: int) -> torch.Tensor:
         """hidden (N, H) at the [MASK] after t words -> (N, V) log-probs."""
@@ -187,11 +190,6 @@ class CachedStep(DecodingStep):
         self.rows = torch.zeros(0, dtype=torch.long)  # (N,) on the CPU: each cached hypothesis's image
         self.length = 0  # caption positions cached
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, L, H) -> (N, heads, L, d)"""
-        n, length, hidden = x.shape
-        return x.view(n, length, self.config.num_heads, hidden // self.config.num_heads).transpose(1, 2)
-
     def _encode_context(self, hidden: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The context alone through the layers, masked as encode masks it -> per layer its keys and values."""
         n = mask.shape[1]
@@ -203,7 +201,8 @@ class CachedStep(DecodingStep):
         out = []
         for i, layer in enumerate(layers):
             attention = layer.attention.self
-            out.append((self._split(attention.key(hidden)), self._split(attention.value(hidden))))
+            out.append((split_heads(attention.key(hidden), self.config.num_heads),
+                        split_heads(attention.value(hidden), self.config.num_heads)))
             if i + 1 < len(layers):  # the last layer's context output is nobody's key
                 hidden = layer(hidden, additive)
         return out
@@ -224,7 +223,8 @@ class CachedStep(DecodingStep):
                                   torch.ones(n, 1, 2, c.caption_slot, dtype=torch.bool, device=self.device)],
                                  dim=-1)  # (N, 1, 2, C + S)
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index) -> None:
+        index = torch.as_tensor(index)
         rows = self.rows[index]
         moved = index.to(self.device)
         if torch.equal(rows, self.rows):  # each slot keeps its image (beam search): move the caption part only
@@ -252,108 +252,14 @@ class CachedStep(DecodingStep):
         end = self.context_mask.shape[1] + t + 2  # context, t + 1 cached or newest, the [MASK]
         allowed = self.allowed[..., :end].clone()  # (N, 1, 2, end)
         allowed[:, :, 0, -1] = False  # the newest token does not see the [MASK] after it
+        heads = self.config.num_heads
         for layer, keys, values in zip(self.model.bert.encoder.layer, self.keys, self.values):
             attention = layer.attention.self
-            keys[:, :, end - 2:end] = self._split(attention.key(x))  # (N, h, 2, d)
-            values[:, :, end - 2:end] = self._split(attention.value(x))
-            mixed = F.scaled_dot_product_attention(self._split(attention.query(x)), keys[:, :, :end],
-                                                   values[:, :, :end], attn_mask=allowed,
-                                                   scale=attention.scaling)  # (N, h, 2, d)
-            mixed = layer.attention.output(mixed.transpose(1, 2).reshape(x.shape), x)  # (N, 2, H)
-            x = layer.output(layer.intermediate(mixed), mixed)
+            keys[:, :, end - 2:end] = split_heads(attention.key(x), heads)  # (N, h, 2, d)
+            values[:, :, end - 2:end] = split_heads(attention.value(x), heads)
+            x = attend(layer, x, keys[:, :, :end], values[:, :, :end], allowed)  # (N, 2, H)
         self.length = t + 1
         return self._log_probs(x[:, 1], t)
-
-
-def greedy_search(step: DecodingStep, batch: int, max_length: int) -> list[tuple[list[int], float]]:
-    """The most likely next token each step -> per context (word ids, mean log-prob)."""
-    device, sep = step.device, step.config.sep_token_id
-    prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
-    total = torch.zeros(batch, dtype=torch.float64)
-    steps = torch.zeros(batch, dtype=torch.long)
-    done = torch.zeros(batch, dtype=torch.bool)
-    for _ in range(max_length):
-        active = (~done).nonzero().squeeze(1)
-        logp = step(prefix[active.to(device)], active.to(device))
-        best, token = logp.max(dim=-1)
-        nxt = torch.full((batch,), step.config.pad_token_id, dtype=torch.long)
-        nxt[active] = token.cpu()
-        total[active] += best.double().cpu()
-        steps[active] += 1
-        done[active] |= token.cpu() == sep
-        prefix = torch.cat([prefix, nxt.to(device)[:, None]], dim=1)
-        if done.all():
-            break
-        going = (~done[active]).nonzero().squeeze(1)  # (A',) among this step's active
-        if len(going) < len(active):
-            step.reorder(going)
-    out = []
-    for i in range(batch):
-        words = [int(w) for w in prefix[i, :int(steps[i])] if int(w) != sep]
-        out.append((words, float(total[i] / steps[i])))
-    return out
-
-
-def beam_search(step: DecodingStep, batch: int, beam_size: int, max_length: int, length_penalty: float = 1.0
-                ) -> list[tuple[list[int], float]]:
-    """Beam search -> per context the best hypothesis (word ids, mean log-prob).
-
-    Hypotheses are ranked by sum log-prob / length ** length_penalty (length counts the
-    [SEP] that ends them). A context is done once it holds beam_size ended hypotheses
-    (early stopping), so beam_size 1 is exactly greedy.
-    """
-    k, sep = beam_size, step.config.sep_token_id
-    device = step.device
-    scores = torch.full((batch, k), -math.inf, dtype=torch.float64)
-    scores[:, 0] = 0.0  # one live beam at first, or the first step would fill the beam with copies
-    prefix = torch.zeros(batch * k, 0, dtype=torch.long, device=device)
-    rows = torch.arange(batch, device=device).repeat_interleave(k)  # (B*K,)
-    ended: list[list[tuple[float, list[int], float]]] = [[] for _ in range(batch)]
-    done = [False] * batch
-    for t in range(max_length):
-        logp = step(prefix, rows).double().view(batch, k, -1)  # (B, K, V), on the model's device
-        vocab = logp.shape[-1]
-        cand = (scores.to(device)[:, :, None] + logp).view(batch, -1)  # (B, K*V)
-        # (B, 2K): enough to refill K beams after [SEP]s; only these leave the device
-        top, index = (x.cpu() for x in cand.topk(2 * k, dim=-1))
-        keep_beam = torch.zeros(batch, k, dtype=torch.long)
-        keep_token = torch.full((batch, k), step.config.pad_token_id, dtype=torch.long)
-        new_scores = torch.full((batch, k), -math.inf, dtype=torch.float64)
-        old = prefix.cpu().view(batch, k, -1)
-        for b in range(batch):
-            if done[b]:
-                continue
-            filled = 0
-            for rank, (s, i) in enumerate(zip(top[b].tolist(), index[b].tolist())):
-                if s == -math.inf:
-                    break
-                beam, token = divmod(i, vocab)
-                if token == sep:
-                    if rank < k:  # an ended hypothesis must rank among the K best
-                        ended[b].append((s / (t + 1) ** length_penalty, old[b, beam].tolist(), s / (t + 1)))
-                    continue
-                keep_beam[b, filled], keep_token[b, filled], new_scores[b, filled] = beam, token, s
-                filled += 1
-                if filled == k:
-                    break
-            if len(ended[b]) >= k:
-                done[b] = True
-        if all(done):
-            break
-        gather = (torch.arange(batch)[:, None] * k + keep_beam).view(-1)  # (B*K,)
-        step.reorder(gather)
-        prefix = torch.cat([old.view(batch * k, -1)[gather], keep_token.view(-1, 1)], dim=1).to(device)
-        scores = new_scores
-    out = []
-    for b in range(batch):
-        pool = list(ended[b])
-        if not done[b]:  # ran out of length: the live beams count as they are
-            n = prefix.shape[1]
-            pool += [(float(scores[b, j]) / n ** length_penalty, prefix[b * k + j].tolist(), float(scores[b, j]) / n)
-                     for j in range(k) if scores[b, j] > -math.inf]
-        _, words, mean = max(pool, key=lambda h: h[0])
-        out.append((words, mean))
-    return out
 
 
 # ---- the API -----------------------------------------------------------------------------
@@ -373,6 +279,23 @@ class StudentCaptioner:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        """The TEE's input side: images are read at about this size."""
+        return self.model.tee.config.image_size
+
+    @property
+    def max_caption_tokens(self) -> int:
+        return self.config.max_caption_tokens
+
+    @property
+    def tiny_random(self) -> bool:
+        """Grown from a tiny random fusion (a test model)."""
+        try:
+            return tiny_name(self.config.init) == TINY_STUDENT
+        except ValueError:
+            return False
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray], *, beam_size: int = 5, max_length: int = 20,
