@@ -29,7 +29,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image
+from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
 from models import registry
 from models.bifpn import BiFPN
@@ -223,9 +223,24 @@ def select_regions(boxes: torch.Tensor, probs: torch.Tensor, feats: torch.Tensor
     score_thresh come first; the rest (best raw class score) only fill up to min_regions.
     Shared by the TEE and the bottom-up-attention baseline.
     """
-    r = boxes.shape[0]
+    ranked = rank_regions(boxes, probs, feats, size, candidate_thresh=candidate_thresh, nms_thresh=nms_thresh,
+                          score_thresh=score_thresh, min_regions=min_regions, num_regions=num_regions)
+    n = int(ranked.pop("count"))
+    return {k: v[:n] for k, v in ranked.items()}
+
+
+def rank_regions(boxes: torch.Tensor, probs: torch.Tensor, feats: torch.Tensor, size, *, candidate_thresh: float,
+                 nms_thresh: float, score_thresh: float, min_regions: int, num_regions: int) -> dict[str, torch.Tensor]:
+    """select_regions before the cut: the best num_regions regions in order and `count`, a 0-d
+    tensor, how many of them to keep (more than there are when fewer exist: keep them all).
+
+    Written so that tracing keeps every data-dependent size a tensor (the ONNX export runs
+    this very function): how many regions clear score_thresh varies per image, and a
+    Python int here would freeze the first traced image's count into the graph. `size`
+    (h, w) may be ints or 0-d tensors.
+    """
     agnostic = boxes.shape[1] == 1
-    boxes = clip_boxes_to_image(boxes if agnostic else boxes[:, 1:], size)  # (R, K or 1, 4), background dropped
+    boxes = clip_to(boxes if agnostic else boxes[:, 1:], size)  # (R, K or 1, 4), background dropped
     probs = probs[:, 1:]  # (R, K)
     ri, ki = torch.nonzero(probs > candidate_thresh, as_tuple=True)
     keep = batched_nms(boxes[ri, 0 if agnostic else ki], probs[ri, ki], ki, nms_thresh)
@@ -236,12 +251,24 @@ def select_regions(boxes: torch.Tensor, probs: torch.Tensor, feats: torch.Tensor
     has = best_kept >= 0
     cls = torch.where(has, best_kept_cls, best_raw_cls)
     rank = torch.where(has, best_kept, best_raw - 1.0)  # survivors sort above the rest
-    confident = int((has & (best_kept >= score_thresh)).sum())
-    n = min(r, max(min_regions, min(confident, num_regions)))
-    order = rank.argsort(descending=True)[:n]
+    confident = (has & (best_kept >= score_thresh)).sum()
+    count = confident.clamp(max=num_regions).clamp(min=min_regions)
+    order = rank.argsort(descending=True)[:num_regions]
     chosen = cls[order]
     return {"boxes": boxes[order, 0 if agnostic else chosen], "scores": probs[order, chosen], "classes": chosen + 1,
-            "features": feats[order]}
+            "features": feats[order], "count": count}
+
+
+def clip_to(boxes: torch.Tensor, size) -> torch.Tensor:
+    """(..., 4) xyxy clipped to [0, w] x [0, h]; (h, w) ints or 0-d tensors (kept as tensors when traced)."""
+    h, w = size
+    x = boxes[..., 0::2].clamp(min=0)
+    y = boxes[..., 1::2].clamp(min=0)
+    if isinstance(w, torch.Tensor):
+        x, y = torch.minimum(x, w.to(boxes.dtype)), torch.minimum(y, h.to(boxes.dtype))
+    else:
+        x, y = x.clamp(max=w), y.clamp(max=h)
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
 class SquareRoIAlign(MultiScaleRoIAlign):
@@ -362,8 +389,19 @@ class TEE(nn.Module):
     @torch.inference_mode()
     def detect(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
         """Letterboxed batch -> per image regions in letterboxed pixels (boxes, scores, classes, features)."""
-        feats = self.pyramid(batch.pixels)
-        images = ImageList(batch.pixels, list(batch.sizes))
+        out = []
+        for det in self.ranked_regions(batch.pixels, batch.sizes):
+            n = int(det.pop("count"))
+            out.append({k: v[:n] for k, v in det.items()})
+        return out
+
+    def ranked_regions(self, pixels: torch.Tensor, sizes) -> list[dict[str, torch.Tensor]]:
+        """(B, 3, S, S) letterboxed pixels + content sizes (h, w) -> per image its best num_regions
+        regions in order (rank_regions) and `count`, how many to keep; with an attribute head,
+        "attributes" (n, A) probabilities. What detect() and the ONNX export (models.export) run;
+        sizes may be 0-d tensors there, so the traced graph keeps them as inputs."""
+        feats = self.pyramid(pixels)
+        images = ImageList(pixels, list(sizes))
         proposals, _ = self.rpn(images, feats)
         heads = self.roi_heads
         roi = heads.box_roi_pool(feats, proposals, images.image_sizes)  # (R_total, C, 4, 4)
@@ -372,18 +410,18 @@ class TEE(nn.Module):
         boxes = heads.box_coder.decode(deltas, proposals)  # (R_total, K+1 or 1 (class-agnostic), 4)
         probs = F.softmax(logits, -1)
         counts = [len(p) for p in proposals]
-        found = [self._select(b, p, f, size) for b, p, f, size in
-                 zip(boxes.split(counts), probs.split(counts), region_feats.split(counts), batch.sizes)]
+
+        def per_image(x: torch.Tensor):  # one image: no split, whose sizes a trace would freeze
+            return x.split(counts) if len(counts) > 1 else (x,)
+
+        c = self.config
+        found = [rank_regions(b, p, f, size, candidate_thresh=c.candidate_thresh, nms_thresh=c.nms_thresh,
+                              score_thresh=c.score_thresh, min_regions=c.min_regions, num_regions=c.num_regions)
+                 for b, p, f, size in zip(per_image(boxes), per_image(probs), per_image(region_feats), sizes)]
         if self.attribute_head is not None:
             for det in found:
                 det["attributes"] = torch.sigmoid(self.attribute_head(det["features"]))  # (n, A)
         return found
-
-    def _select(self, boxes, probs, feats, size):
-        c = self.config
-        return select_regions(boxes, probs, feats, size, candidate_thresh=c.candidate_thresh,
-                              nms_thresh=c.nms_thresh, score_thresh=c.score_thresh, min_regions=c.min_regions,
-                              num_regions=c.num_regions)
 
     def extract(self, images: Sequence) -> list[Regions]:
         """HWC uint8 images (any sizes) -> Regions per image, boxes normalised in the original image."""
