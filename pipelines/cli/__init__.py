@@ -34,6 +34,12 @@ def usage_error(prog: str, error: BaseException, file=None) -> int:
     return EXIT_USAGE
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as one line: ours are already, a library's may span several."""
+    msg = str(error) if isinstance(error, (ValueError, FileNotFoundError)) else f"{type(error).__name__}: {error}"
+    return " ".join(part.strip() for part in msg.splitlines() if part.strip())
+
+
 def suggestion(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""

@@ -23,7 +23,7 @@ TABLES = {"labels": "a labels table", "failures": "a failures table", "features"
 def what_is(path: str) -> str | None:
     """A short description of what `path` holds, or None when it is none of the project's kinds."""
     try:
-        return _run(path) or _model(path) or _table(path) or _training_run(path)
+        return _run(path) or _export(path) or _model(path) or _table(path) or _training_run(path)
     except OSError:
         return None
 
@@ -43,6 +43,13 @@ def _run(path: str) -> str | None:
     if record is None:
         return None
     return RUNS.get(record.get("job"), (f"a {record.get('job')} run", None))[0]
+
+
+def _export(path: str) -> str | None:
+    record = _json(storage.join(path, "export.json"))
+    if record is None or record.get("format") != "minivlm-onnx":
+        return None
+    return f"an ONNX export of a MiniVLM captioner ({record.get('precision', 'fp32')}, pipelines.export)"
 
 
 def _model(path: str) -> str | None:

@@ -82,7 +82,7 @@ def caption_paths(captioner, paths: Iterable[str], *, beam_size: int = 5, max_le
                   greedy: bool = False, batch_size: int = 8, io_threads: int = 8) -> Iterator[tuple]:
     """Image paths -> (path, Caption or None, problem or None), in input order. Images are
     read and decoded ahead of the model in threads; a bad one costs only its own entry."""
-    size = captioner.model.tee.config.image_size
+    size = captioner.image_size
     with ThreadPoolExecutor(io_threads) as pool:
         for batch in batches(pool.map(lambda p: read_or_problem(p, size), paths), batch_size):
             good = [img for _, img, problem in batch if problem is None]
