@@ -158,7 +158,9 @@ def fusion_record(model: MiniVLM, tokenizer) -> dict:
             "max_caption_tokens": c.max_caption_tokens, "max_tag_tokens": c.max_tag_tokens,
             "max_regions": c.max_regions, "caption_slot": c.caption_slot, "text_length": c.text_length,
             "tag_min_score": c.tag_min_score, "pad_token_id": c.pad_token_id, "cls_token_id": c.cls_token_id,
-            "sep_token_id": c.sep_token_id, "mask_token_id": c.mask_token_id, "banned": banned}
+            "sep_token_id": c.sep_token_id, "mask_token_id": c.mask_token_id, "banned": banned,
+            "special_tokens": {name: tokenizer.convert_ids_to_tokens(getattr(c, f"{name}_token_id"))
+                               for name in ("pad", "cls", "sep", "mask")}}
 
 
 def tee_record(tee: TEE) -> dict:

@@ -137,11 +137,11 @@ class OnnxCaptioner:
             raise ExportProblem(f"{_join(self.directory, self.record['tokenizer'])} has "
                                 f"{tok.get_vocab_size(with_added_tokens=True)} tokens, the fusion {c.vocab_size}: "
                                 "not the tokenizer it was trained with")
-        for name in ("pad", "cls", "sep", "mask"):
+        for name, token in c.special_tokens.items():
             wanted = getattr(c, f"{name}_token_id")
-            if tok.id_to_token(wanted) is None or not tok.id_to_token(wanted).startswith("["):
-                raise ExportProblem(f"{_join(self.directory, self.record['tokenizer'])}: id {wanted} ({name}) is "
-                                    f"{tok.id_to_token(wanted)!r}, not a special token: not the tokenizer it was "
+            if tok.token_to_id(token) != wanted:
+                raise ExportProblem(f"{_join(self.directory, self.record['tokenizer'])} gives {token} the id "
+                                    f"{tok.token_to_id(token)}, the fusion {wanted}: not the tokenizer it was "
                                     "trained with")
 
     # ---- what pipelines.caption asks of a captioner ------------------------------------
@@ -252,8 +252,9 @@ class OnnxStep:
         # as eager: real positions are keys; a padded one still sees itself (its output is never a key)
         allowed = self.context_mask[:, None, :] | np.eye(context, dtype=bool)  # (B, C, C)
         positions = np.broadcast_to(np.arange(slot, c.text_length, dtype=np.int64), (b, width))
+        nothing = self._empty(b)
         self.context_keys, self.context_values, _ = self._run(ids, np.ones_like(ids), positions, feats, box,
-                                                               self._empty(b), allowed[:, None])
+                                                               nothing, nothing, allowed[:, None])
         self.rows = np.zeros(0, dtype=np.int64)
         self.length = 0
 
@@ -261,12 +262,12 @@ class OnnxStep:
         c = self.config
         return np.zeros((c.num_layers, n, c.num_heads, 0, c.hidden_size // c.num_heads), dtype=np.float32)
 
-    def _run(self, ids, types, positions, feats, boxes, past, allowed):
-        keys, values, logits = self.session.run(None, {
+    def _run(self, ids, types, positions, feats, boxes, past_keys, past_values, allowed):
+        """The fusion graph -> keys, values (L, N, h, T + R, d) of the new positions and the last one's logits."""
+        return self.session.run(None, {
             "input_ids": ids, "token_type_ids": types, "position_ids": np.ascontiguousarray(positions),
-            "region_features": feats, "region_boxes": boxes, "past_keys": past[0] if isinstance(past, tuple) else past,
-            "past_values": past[1] if isinstance(past, tuple) else past, "allowed": np.ascontiguousarray(allowed)})
-        return keys, values, logits
+            "region_features": feats, "region_boxes": boxes, "past_keys": past_keys, "past_values": past_values,
+            "allowed": np.ascontiguousarray(allowed)})
 
     def _start(self, rows: np.ndarray) -> None:
         c, n = self.config, len(rows)
@@ -307,7 +308,7 @@ class OnnxStep:
                                   np.broadcast_to(new, (n, 2, 2))], axis=-1)[:, None]  # (N, 1, 2, C + S + 2)
         keys, values, logits = self._run(ids, np.zeros_like(ids), positions,
                                          np.zeros((n, 0, c.region_feature_dim), np.float32),
-                                         np.zeros((n, 0, 4), np.float32), (self.keys, self.values), allowed)
+                                         np.zeros((n, 0, 4), np.float32), self.keys, self.values, allowed)
         at = self.context_mask.shape[1] + t  # the newest word's slot; the [MASK]'s is the next word's
         self.keys[:, :, :, at] = keys[:, :, :, 0]
         self.values[:, :, :, at] = values[:, :, :, 0]

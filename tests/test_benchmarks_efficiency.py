@@ -64,6 +64,11 @@ def test_efficiency_benchmark_writes_well_formed_json(tmp_path, capsys):
         assert row in table, row
     assert "paper" in table and "2 threads, --busy 1" in table
     assert "| vision ms, TEE batch norms not folded |" in table and "76 batch norms folded" in table
+    # the deployment rows: the same MiniVLM exported (pipelines.export's graphs) and run by ONNX Runtime
+    for k in ("onnx_caption_ms", "int8_caption_ms", "onnx_vision_ms", "minivlm_mb", "onnx_mb", "int8_mb"):
+        assert isinstance(data[k], float) and data[k] > 0, k
+    assert data["int8_mb"] < data["onnx_mb"] and data["int8_cider_ratio"] is None  # no trained model given
+    assert "| ONNX Runtime int8 (fusion linear layers) |" in table and "not given (--int8-quality JSON)" in table
 
 
 @pytest.mark.slow
