@@ -134,6 +134,91 @@ def per_image_cider(captions_json: str, predictions: dict) -> dict[str, float]:
     return {i: s["CIDEr-D"] for i, s in scored["per_image"].items()}
 
 
+def export_parity(trained, checkpoint: str, work: str, val_captions: str, images: str, after: dict,
+                  per_image: dict, args, times: dict) -> dict:
+    """The trained captioner exported (fp32 and int8, through pipelines.export) and run on ONNX Runtime:
+    greedy captions against eager on the held-out scenes and the bundled sample (a differing caption
+    counts as a near-tie when the two scores are within 1e-3), beam captions against eager on the
+    held-out scenes, and int8's CIDEr-D against eager fp32's with a paired bootstrap interval."""
+    import numpy as np
+
+    from models.runtime import load_onnx_captioner
+    from pipelines.data.coco import read_coco_references
+    from pipelines.evaluate_captions import caption_files, evaluate
+    from pipelines.export import run as export
+
+    out = {}
+    for precision, flags in (("fp32", []), ("int8", ["--int8"])):
+        directory = os.path.join(work, f"export-{precision}")
+        stage(f"export_{precision}", export, ["--checkpoint", checkpoint, "--output", directory, "--overwrite",
+                                              *flags], times)
+        out[precision] = {"directory": directory, "mb": round(sum(os.path.getsize(os.path.join(directory, f))
+                                                                  for f in ("vision.onnx", "fusion.onnx")) / 1e6, 2)}
+    fp32, int8 = (load_onnx_captioner(out[p]["directory"]) for p in ("fp32", "int8"))
+    files, _ = read_coco_references(val_captions)
+    held_out = {i: os.path.join(images, files[i]) for i in sorted(files)}
+    sample_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sample", "images")
+    sample = {f: os.path.join(sample_dir, f) for f in sorted(os.listdir(sample_dir))
+              if f.lower().endswith((".jpg", ".jpeg", ".png"))}
+    length = 20
+
+    def compare(paths: dict, **decoding) -> dict:
+        a, _ = caption_files(trained, paths, max_length=length, batch_size=8, **decoding)
+        b, _ = caption_files(fp32, paths, max_length=length, batch_size=8, **decoding)
+        differ = [i for i in a if i in b and a[i]["caption"] != b[i]["caption"]]
+        ties = [i for i in differ if abs(a[i]["score"] - b[i]["score"]) < 1e-3]
+        return {"images": len(a), "equal": len(a) - len(differ), "differ_near_tie": len(ties),
+                "differ_other": len(differ) - len(ties),
+                "examples": [{"image": i, "eager": a[i]["caption"], "onnx": b[i]["caption"],
+                              "eager_score": a[i]["score"], "onnx_score": b[i]["score"]} for i in differ[:5]]}
+
+    t = time.monotonic()
+    out["parity"] = {"held_out_greedy": compare(held_out, beam_size=1, greedy=True),
+                     "sample_greedy": compare(sample, beam_size=1, greedy=True),
+                     "held_out_beam": compare(held_out, beam_size=args.beam_size, greedy=False)}
+    times["export_parity"] = round(time.monotonic() - t, 1)
+    t = time.monotonic()
+    quantized = evaluate(int8, val_captions, images, beam_size=args.beam_size, meteor=False)
+    times["evaluate_int8"] = round(time.monotonic() - t, 1)
+    int8_image = per_image_cider(val_captions, quantized["predictions"])
+    ids = sorted(set(per_image) & set(int8_image))
+    a, b = np.array([per_image[i] for i in ids]), np.array([int8_image[i] for i in ids])
+    rng = np.random.default_rng(args.seed)
+    draws = rng.integers(0, len(ids), size=(BOOTSTRAP_RESAMPLES, len(ids)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample of zeros has no ratio: left out
+        ratios = b[draws].mean(axis=1) / a[draws].mean(axis=1)
+    ratios = ratios[np.isfinite(ratios)]
+    fp32_cider = after["results"]["student vs references"]["CIDEr-D"]
+    int8_cider = quantized["results"]["student vs references"]["CIDEr-D"]
+    out["int8_quality"] = {"cider_d": int8_cider, "eager_fp32_cider_d": fp32_cider,
+                           "cider_ratio": int8_cider / fp32_cider if fp32_cider > 0 else None,
+                           "ratio_interval": ([float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
+                                              if len(ratios) else None),
+                   "resamples": BOOTSTRAP_RESAMPLES, "target": 0.97,
+                   "captions_equal_to_eager": sum(quantized["predictions"][i]["caption"] ==
+                                                  after["predictions"][i]["caption"] for i in ids),
+                   "images": len(ids)}
+    return out
+
+
+def export_table(e: dict) -> str:
+    p, q = e["parity"], e["int8_quality"]
+
+    def row(name, r):
+        return (f"| {name} | {r['images']} | {r['equal']} | {r['differ_near_tie']} | {r['differ_other']} |")
+
+    return "\n".join([
+        "", "| ONNX Runtime fp32 vs eager | images | same caption | differ, near-tie | differ, other |",
+        "|---|---:|---:|---:|---:|",
+        row("held-out scenes, greedy", p["held_out_greedy"]), row("bundled sample, greedy", p["sample_greedy"]),
+        row("held-out scenes, beam", p["held_out_beam"]), "",
+        f"int8 (dynamic, fusion linear layers): CIDEr-D {q['cider_d']:.3f} vs eager fp32 {q['eager_fp32_cider_d']:.3f}: "
+        + (f"ratio {q['cider_ratio']:.3f}, 95% paired bootstrap [{q['ratio_interval'][0]:.3f}, "
+           f"{q['ratio_interval'][1]:.3f}]" if q["cider_ratio"] is not None and q["ratio_interval"] else "no ratio")
+        + f" (target >= {q['target']}); same caption as eager on "
+        f"{q['captions_equal_to_eager']}/{q['images']}; graphs fp32 {e['fp32']['mb']} MB, int8 {e['int8']['mb']} MB"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.caption_learning", description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=None, help="where data and runs go (default: a temporary directory)")
@@ -156,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", default=None, metavar="DIR",
                     help="an earlier run's --work: take its data, TEE, features and corpus, run only the student")
     ap.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java process is the slow part)")
+    ap.add_argument("--export", action="store_true",
+                    help="also export the trained captioner (pipelines.export, fp32 and --int8) and measure parity: "
+                         "greedy captions against eager on the held-out scenes and the bundled sample, int8 CIDEr-D "
+                         "against eager fp32 with a paired bootstrap interval")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -264,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
                                                   if not n.startswith("tee."))},
               "samples": [{"image_id": i, "student": p["caption"]} for i, p in samples], "work": work,
               "per_image_cider_d": per_image}
+    if args.export:
+        result["export"] = export_parity(trained, os.path.join(work, "caption"), work, val_captions, images,
+                                         after, per_image, args, times)
     names = [k for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D") if k in s]
     print("\n| student (held-out synthetic scenes) | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
@@ -277,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"config: {json.dumps(result['config'])}")
     for i, p in samples:
         print(f"  {i}: {p['caption']!r}")
+    if args.export:
+        print(export_table(result["export"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -40,9 +40,11 @@ import inspect
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -377,6 +379,12 @@ def run(argv=None) -> dict:
                     help="time the TEE with its batch norms as trained (default: folded, as caption and the "
                          "feature job run it; the unfolded TEE is then timed beside it)")
     ap.add_argument("--no-caption", action="store_true", help="skip the whole-caption timings")
+    ap.add_argument("--no-onnx", action="store_true",
+                    help="skip the deployment rows (the MiniVLM exported to ONNX, run by ONNX Runtime, fp32 and int8)")
+    ap.add_argument("--int8-quality", default=None, metavar="JSON",
+                    help="a benchmarks.caption_learning --export --json result: its int8 / eager fp32 CIDEr-D ratio "
+                         "(measured on a trained model; random weights here say nothing of quality) goes in the "
+                         "table and the JSON as int8_cider_ratio")
     ap.add_argument("--no-uncached-baseline", action="store_true",
                     help="skip the baseline's uncached caption (the slowest part)")
     ap.add_argument("--study", action="store_true",
@@ -417,6 +425,10 @@ def run(argv=None) -> dict:
     base_vision, base_fusion, tee, fusion = build(device, args.classes, args.regions, tokenizer,
                                                 args.proposals, args.class_agnostic_boxes)
     tee_params = count(tee)  # as trained and saved, before any folding
+    work = tempfile.mkdtemp(prefix="efficiency_")
+    deploy = not (args.no_onnx or args.no_caption)
+    if deploy:  # the checkpoint as pipelines.finetune_caption would write it: its file size
+        fusion.save_pretrained(os.path.join(work, "checkpoint"), tokenizer)
     tee_plain = copy.deepcopy(tee).eval()  # timed beside the folded one: what folding buys
     folded = 0 if args.no_fold else tee.fold_batchnorms()  # the library's inference form (caption, feature job)
     names = [n for _, n in class_names(args.classes)]
@@ -473,6 +485,18 @@ def run(argv=None) -> dict:
             parts["minivlm_caption_uncached"] = mini_steps(lambda: minivlm_caption(cache=False))
             if not args.no_uncached_baseline:
                 parts["baseline_caption_uncached"] = base_steps(lambda: baseline_caption(cache=False))
+
+    sizes: dict[str, float] = {}
+    if deploy:
+        onnx = deployment(fusion, tokenizer, work, sizes)
+        for name, captioner in onnx.items():
+            ban_sep(captioner)
+            found = len(captioner.regions([img_hwc])[0]["features"])
+            if found != args.regions:
+                raise RuntimeError(f"efficiency: the {name} export kept {found} regions, not {args.regions}")
+        parts["onnx_vision"] = lambda: onnx["fp32"].regions([img_hwc])[0]
+        parts["onnx_caption"] = lambda: onnx["fp32"]([img_hwc], beam_size=args.beam, max_length=args.max_length)[0]
+        parts["int8_caption"] = lambda: onnx["int8"]([img_hwc], beam_size=args.beam, max_length=args.max_length)[0]
 
     def timed(fn):
         sync()
@@ -542,6 +566,16 @@ def run(argv=None) -> dict:
         r["settings"]["caption"] = {"beam": args.beam, "max_length": args.max_length, "cache": cache,
                                     "forced_length": forced_length,
                                     "decoding": "models.captioning.StudentCaptioner, both sides"}
+    if deploy:
+        r.update({"onnx_caption_ms": med["onnx_caption"], "int8_caption_ms": med["int8_caption"],
+                  "onnx_vision_ms": med["onnx_vision"], **sizes,
+                  "int8_cider_ratio": int8_quality(args.int8_quality)})
+        r["settings"]["deployment"] = {
+            "onnx": "pipelines.export's graphs (models.export), run by models.runtime: ONNX Runtime "
+                    f"{onnx_runtime_version()} CPU provider, {torch.get_num_threads()} intra-op threads",
+            "int8": "dynamic int8 of the fusion's MatMul/Gemm weights; the TEE stays fp32",
+            "int8_cider_ratio": args.int8_quality or "not given (--int8-quality JSON)"}
+    shutil.rmtree(work, ignore_errors=True)
     if folded:
         r["tee_unfolded_ms"] = med["tee_unfolded"]
         r["tee_fold_speedup"] = r["tee_unfolded_ms"] / r["tee_ms"]
@@ -554,6 +588,44 @@ def run(argv=None) -> dict:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
     return r
+
+
+def deployment(fusion, tokenizer, work: str, sizes: dict) -> dict:
+    """The MiniVLM (TEE attached) exported as pipelines.export exports it, fp32 and int8 -> their
+    ONNX Runtime captioners; `sizes` gets the files' MB (the checkpoint's, saved before, too)."""
+    from models.export import export_captioner
+    from models.runtime import load_onnx_captioner
+
+    def mb(directory, *names):
+        return sum(os.path.getsize(os.path.join(work, directory, n)) for n in names) / 1e6
+
+    out = {}
+    for name, int8 in (("fp32", False), ("int8", True)):
+        export_captioner(fusion, tokenizer, os.path.join(work, name), int8=int8, source="benchmark")
+        out[name] = load_onnx_captioner(os.path.join(work, name), threads=torch.get_num_threads())
+    sizes.update({"minivlm_mb": mb("checkpoint", "model.safetensors"),
+                  "onnx_mb": mb("fp32", "vision.onnx", "fusion.onnx"),
+                  "int8_mb": mb("int8", "vision.onnx", "fusion.onnx"),
+                  "onnx_vision_mb": mb("fp32", "vision.onnx")})
+    return out
+
+
+def onnx_runtime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def int8_quality(path: str | None) -> float | None:
+    """int8 / eager fp32 CIDEr-D from a caption_learning --export result, or None without one."""
+    if not path:
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    try:
+        return result["export"]["int8_quality"]["cider_ratio"]
+    except KeyError as e:
+        raise SystemExit(f"efficiency: --int8-quality {path} is no benchmarks.caption_learning --export result") from e
 
 
 def table(r: dict, times: dict) -> str:
@@ -618,6 +690,19 @@ def table(r: dict, times: dict) -> str:
             base_x = f"{r['baseline_cache_speedup']:.2f}x" if "baseline_cache_speedup" in r else ""
             rows.append(f"| cache speed-up per caption (uncached / cached) | {base_x} | "
                         f"{r['minivlm_cache_speedup']:.2f}x | | | |")
+    if "onnx_caption_ms" in r:
+        ratio = r["int8_cider_ratio"]
+        rows += ["", "| deployment (MiniVLM) | caption ms, image -> caption | vision ms | files MB |",
+                 "|---|---:|---:|---:|",
+                 f"| eager fp32 (PyTorch) | {r['minivlm_caption_ms']:.0f} ({spread('minivlm_caption')}) | "
+                 f"{r['tee_ms']:.0f} ({spread('tee')}) | {r['minivlm_mb']:.1f} (model.safetensors) |",
+                 f"| ONNX Runtime fp32 | {r['onnx_caption_ms']:.0f} ({spread('onnx_caption')}) | "
+                 f"{r['onnx_vision_ms']:.0f} ({spread('onnx_vision')}) | {r['onnx_mb']:.1f} |",
+                 f"| ONNX Runtime int8 (fusion linear layers) | {r['int8_caption_ms']:.0f} ({spread('int8_caption')}) "
+                 f"| {r['onnx_vision_ms']:.0f} (the fp32 TEE graph) | {r['int8_mb']:.1f} |",
+                 "", "int8 CIDEr-D / eager fp32 CIDEr-D: " + (f"{ratio:.3f} (benchmarks.caption_learning --export, "
+                                                               "trained synthetic check)" if ratio is not None else
+                                                               "not given (--int8-quality JSON)")]
     return "\n".join(rows)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.decoding import Caption, beam_search, greedy_search, tags_from_regions
+from models.decoding import Caption, beam_search, check_decoding, greedy_search, search_captions, tags_from_regions
 from models.minivlm import TINY_STUDENT, MiniVLM, box_positions, load_tokenizer, seq2seq_attention, tiny_name
 
 __all__ = ["Caption", "CachedStep", "NotACaptioningCheckpoint", "StudentCaptioner", "UncachedStep", "beam_search",
@@ -321,20 +321,14 @@ class StudentCaptioner:
                         ) -> list[Caption]:
         """Stored regions ((n, D) features, (n, 4) normalised boxes, tag names) -> captions."""
         c = self.config
-        if not 1 <= max_length <= c.max_caption_tokens:
-            raise ValueError(f"max_length must be in [1, {c.max_caption_tokens}] (the checkpoint's "
-                             f"max_caption_tokens), not {max_length}")
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, not {beam_size}")
+        check_decoding(beam_size, max_length, c.max_caption_tokens)
         if not len(features):
             return []
         make = CachedStep if cache else UncachedStep
         step = make(self.model, tag_token_ids(self.tokenizer, tags, c.max_tag_tokens),
                     region_inputs(features, boxes, c.region_feature_dim), self.banned)
-        found = (greedy_search(step, len(features), max_length) if greedy
-                 else beam_search(step, len(features), beam_size, max_length))
-        return [Caption(text=self.tokenizer.decode(words, skip_special_tokens=True).strip(), score=score,
-                        tags=tuple(t)) for (words, score), t in zip(found, tags)]
+        return search_captions(step, tags, lambda words: self.tokenizer.decode(words, skip_special_tokens=True),
+                               beam_size=beam_size, max_length=max_length, greedy=greedy)
 
 
 def resolve_checkpoint(path: str) -> str:

@@ -44,6 +44,23 @@ def tags_from_regions(names: Sequence[str], scores: Sequence[float], min_score: 
     return sorted(best, key=lambda n: -best[n])
 
 
+def check_decoding(beam_size: int, max_length: int, limit: int) -> None:
+    """ValueError unless 1 <= max_length <= limit (the model's max_caption_tokens) and beam_size >= 1."""
+    if not 1 <= max_length <= limit:
+        raise ValueError(f"max_length must be in [1, {limit}] (the model's max_caption_tokens), not {max_length}")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, not {beam_size}")
+
+
+def search_captions(step, tags: list[list[str]], detokenize, *, beam_size: int, max_length: int, greedy: bool
+                    ) -> list[Caption]:
+    """One context per tag list -> its Caption: the search (greedy or beam), then detokenize(word ids) -> text."""
+    found = (greedy_search(step, len(tags), max_length) if greedy
+             else beam_search(step, len(tags), beam_size, max_length))
+    return [Caption(text=detokenize(words).strip(), score=score, tags=tuple(t))
+            for (words, score), t in zip(found, tags)]
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """(N, V) float32 -> log-probabilities along the last axis; rows of -inf stay -inf."""
     top = logits.max(axis=-1, keepdims=True)

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.decoding import Caption, beam_search, greedy_search, log_softmax, tags_from_regions
+from models.decoding import Caption, check_decoding, log_softmax, search_captions, tags_from_regions
 
 FORMAT = "minivlm-onnx"
 VERSION = 1
@@ -201,19 +201,12 @@ class OnnxCaptioner:
     def caption_regions(self, features: list[np.ndarray], boxes: list[np.ndarray], tags: list[list[str]], *,
                         beam_size: int = 5, max_length: int = 20, greedy: bool = False) -> list[Caption]:
         """Stored regions ((n, D) features, (n, 4) normalised boxes, tag names) -> captions."""
-        c = self.config
-        if not 1 <= max_length <= c.max_caption_tokens:
-            raise ValueError(f"max_length must be in [1, {c.max_caption_tokens}] (the export's "
-                             f"max_caption_tokens), not {max_length}")
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, not {beam_size}")
+        check_decoding(beam_size, max_length, self.config.max_caption_tokens)
         if not len(features):
             return []
         step = OnnxStep(self, self.tag_ids(tags), features, boxes)
-        found = (greedy_search(step, len(features), max_length) if greedy
-                 else beam_search(step, len(features), beam_size, max_length))
-        return [Caption(text=self.tokenizer.decode(words, skip_special_tokens=True).strip(), score=score,
-                        tags=tuple(t)) for (words, score), t in zip(found, tags)]
+        return search_captions(step, tags, lambda words: self.tokenizer.decode(words, skip_special_tokens=True),
+                               beam_size=beam_size, max_length=max_length, greedy=greedy)
 
     def tag_ids(self, tags: list[list[str]]) -> list[list[int]]:
         """Tag names -> word-piece ids, at most max_tag_tokens (models.captioning.tag_token_ids)."""
