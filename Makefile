@@ -3,7 +3,8 @@
 #   make test     run the test suite
 # and: make features (the tiny TEE's region features of the sample -> out/features-sample)
 #      make chain    (the whole chain on the sample with tiny models, settings that learn:
-#                     label -> features -> corpus -> pre-train -> fine-tune -> caption)
+#                     label -> features -> corpus -> pre-train -> fine-tune -> caption -> export
+#                     to ONNX -> caption on ONNX Runtime)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -37,6 +38,8 @@ chain: sample features
 	$(PY) -m pipelines.finetune_caption --init out/student-sample --train out/corpus-sample \
 	  --output out/caption-sample --max-steps 30 $(CHAIN_TRAIN)
 	$(PY) -m pipelines.caption --checkpoint out/caption-sample data/sample/images
+	$(PY) -m pipelines.export --checkpoint out/caption-sample --output out/export-sample --overwrite
+	$(PY) -m pipelines.caption --checkpoint out/export-sample data/sample/images
 
 test: venv
 	$(PY) -m pytest
