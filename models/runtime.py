@@ -27,6 +27,10 @@ VERSION = 1
 EXPORT_NAME = "export.json"
 GRAPHS = {"vision": "vision.onnx", "fusion": "fusion.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
+RECORD_KEYS = ("graphs", "tokenizer", "sha256", "fusion", "tee")  # what this runtime reads of export.json
+FUSION_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "region_feature_dim", "max_caption_tokens",
+               "max_tag_tokens", "max_regions", "caption_slot", "text_length", "tag_min_score", "pad_token_id",
+               "cls_token_id", "sep_token_id", "mask_token_id", "banned", "special_tokens")
 
 
 class ExportProblem(ValueError):
@@ -70,6 +74,10 @@ def read_export(directory: str) -> tuple[dict, dict[str, bytes]]:
     if record.get("version") != VERSION:
         raise ExportProblem(f"{directory} is export format version {record.get('version')}; this runtime reads "
                             f"version {VERSION}: export the checkpoint again")
+    missing = [k for k in RECORD_KEYS if k not in record] + [f"fusion.{k}" for k in FUSION_KEYS
+                                                               if k not in record.get("fusion", {})]
+    if missing:
+        raise ExportProblem(f"{_join(directory, EXPORT_NAME)} lacks {', '.join(missing)}: export the checkpoint again")
     files = {}
     for name in [*record["graphs"].values(), record["tokenizer"]]:
         try:

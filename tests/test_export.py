@@ -243,9 +243,14 @@ def test_an_export_is_named_as_such_where_a_student_is_wanted(chain_export):
     assert "an ONNX export" in checkpoint_problem("--checkpoint", str(chain_export))
 
 
-def test_a_runtime_problem_is_one_line(tmp_path):
+def test_a_runtime_problem_is_one_line(exported, tmp_path):
     (tmp_path / "export.json").write_text(json.dumps({"format": "minivlm-onnx", "version": 99}))
     with pytest.raises(ExportProblem, match="version 99"):
+        load_onnx_captioner(str(tmp_path))
+    record = json.loads(open(os.path.join(exported[1], "export.json")).read())
+    del record["fusion"]["special_tokens"]
+    (tmp_path / "export.json").write_text(json.dumps(record))
+    with pytest.raises(ExportProblem, match="lacks fusion.special_tokens: export the checkpoint again"):
         load_onnx_captioner(str(tmp_path))
 
 
