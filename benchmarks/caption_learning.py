@@ -165,10 +165,11 @@ def export_parity(trained, checkpoint: str, work: str, val_captions: str, images
     def compare(paths: dict, **decoding) -> dict:
         a, _ = caption_files(trained, paths, max_length=length, batch_size=8, **decoding)
         b, _ = caption_files(fp32, paths, max_length=length, batch_size=8, **decoding)
+        failed = sorted(set(paths) - (set(a) & set(b)))  # not captioned on one side: counted apart, never "equal"
         differ = [i for i in a if i in b and a[i]["caption"] != b[i]["caption"]]
         ties = [i for i in differ if abs(a[i]["score"] - b[i]["score"]) < 1e-3]
-        return {"images": len(a), "equal": len(a) - len(differ), "differ_near_tie": len(ties),
-                "differ_other": len(differ) - len(ties),
+        return {"images": len(paths), "equal": len(set(a) & set(b)) - len(differ), "differ_near_tie": len(ties),
+                "differ_other": len(differ) - len(ties), "failed": len(failed),
                 "examples": [{"image": i, "eager": a[i]["caption"], "onnx": b[i]["caption"],
                               "eager_score": a[i]["score"], "onnx_score": b[i]["score"]} for i in differ[:5]]}
 

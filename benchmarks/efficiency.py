@@ -405,6 +405,7 @@ def run(argv=None) -> dict:
         ap.error(f"--max-length must be in [1, {CAPTION}]")
     if args.threads:
         torch.set_num_threads(args.threads)
+    quality = int8_quality(args.int8_quality)  # a wrong file fails now, not after the timings
     if args.probe:
         r = probe(args)
         print(json.dumps(r))
@@ -569,7 +570,7 @@ def run(argv=None) -> dict:
     if deploy:
         r.update({"onnx_caption_ms": med["onnx_caption"], "int8_caption_ms": med["int8_caption"],
                   "onnx_vision_ms": med["onnx_vision"], **sizes,
-                  "int8_cider_ratio": int8_quality(args.int8_quality)})
+                  "int8_cider_ratio": quality})
         r["settings"]["deployment"] = {
             "onnx": "pipelines.export's graphs (models.export), run by models.runtime: ONNX Runtime "
                     f"{onnx_runtime_version()} CPU provider, {torch.get_num_threads()} intra-op threads",
@@ -620,12 +621,12 @@ def int8_quality(path: str | None) -> float | None:
     """int8 / eager fp32 CIDEr-D from a caption_learning --export result, or None without one."""
     if not path:
         return None
-    with open(path) as f:
-        result = json.load(f)
     try:
-        return result["export"]["int8_quality"]["cider_ratio"]
-    except KeyError as e:
-        raise SystemExit(f"efficiency: --int8-quality {path} is no benchmarks.caption_learning --export result") from e
+        with open(path) as f:
+            return json.load(f)["export"]["int8_quality"]["cider_ratio"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"efficiency: --int8-quality {path} is no benchmarks.caption_learning --export result "
+                         f"({type(e).__name__}: {e})") from e
 
 
 def table(r: dict, times: dict) -> str:

@@ -100,7 +100,7 @@ class FusionGraph(nn.Module):
 def export_captioner(model: MiniVLM, tokenizer, directory: str, *, int8: bool = False, source: str = "",
                      provenance: str | None = None) -> dict:
     """A captioning MiniVLM with its TEE (as loaded for inference) -> an export in `directory`
-    (created; must not hold an export already). Returns what export.json says."""
+    (created if absent; an earlier export's files there are replaced). Returns what export.json says."""
     c = model.config
     if c.task != "captioning":
         raise NotExportable(f"{source or 'the model'} is a {c.task} checkpoint, not a captioning one: only a "
@@ -110,13 +110,14 @@ def export_captioner(model: MiniVLM, tokenizer, directory: str, *, int8: bool = 
     model = _plain_copy(model)
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
-        _export(VisionGraph(model.tee), _vision_example(model.tee), os.path.join(directory, GRAPHS["vision"]),
+        traced = {}
+        traced["vision"] = _export(VisionGraph(model.tee), _vision_example(model.tee), os.path.join(directory, GRAPHS["vision"]),
                 inputs=["pixels", "size"],
                 outputs=["boxes", "scores", "classes", "features", "count"]
                 + (["attributes"] if model.tee.attribute_head is not None else []),
                 dynamic={k: {0: "regions"} for k in ("boxes", "scores", "classes", "features", "attributes")})
         fusion = os.path.join(work if int8 else directory, GRAPHS["fusion"])
-        _export(FusionGraph(model), _fusion_example(model), fusion,
+        traced["fusion"] = _export(FusionGraph(model), _fusion_example(model), fusion,
                 inputs=["input_ids", "token_type_ids", "position_ids", "region_features", "region_boxes",
                         "past_keys", "past_values", "allowed"],
                 outputs=["keys", "values", "logits"],
@@ -136,7 +137,8 @@ def export_captioner(model: MiniVLM, tokenizer, directory: str, *, int8: bool = 
               "graphs": GRAPHS, "tokenizer": TOKENIZER_FILE, "fusion": fusion_record(model, tokenizer),
               "tee": tee_record(model.tee), "source": source, "provenance": provenance or source,
               "init": c.init, "tiny_random": _is_tiny(c.init), "extractor_id": model.tee.extractor_id(),
-              "exporter": {"torch": torch.__version__, "opset": OPSET, "onnx_exporter": "torchscript"},
+              "exporter": {"torch": torch.__version__, "opset": OPSET, "onnx_exporter": "torchscript",
+                           "trace_warnings": traced},
               "sha256": {name: _sha256(os.path.join(directory, name)) for name in files}}
     with open(os.path.join(directory, EXPORT_NAME), "w") as f:
         json.dump(record, f, indent=2)
@@ -174,7 +176,10 @@ def quantize(fp32: str, int8: str) -> None:
     """Dynamic int8 quantization of every MatMul/Gemm weight (ONNX Runtime's quantizer)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    try:
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    except Exception as e:
+        raise NotExportable(f"cannot quantize {os.path.basename(fp32)} to int8: {' '.join(str(e).split())[:300]}") from e
 
 
 # ---- tracing ------------------------------------------------------------------------
@@ -214,18 +219,23 @@ def _fusion_example(model: MiniVLM) -> tuple:
 
 
 def _export(graph: nn.Module, example: tuple, path: str, *, inputs: list[str], outputs: list[str],
-            dynamic: dict) -> None:
+            dynamic: dict) -> list[str]:
+    """Trace `graph` into `path`; returns the tracer's warnings (distinct, where in our code or torchvision's)."""
     dynamic = {k: v for k, v in dynamic.items() if k in inputs or k in outputs}
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # the TorchScript exporter warns about its own deprecation and about every Python value it
-            # traces (shapes it then keeps symbolic); the parity tests are what says the graph is right
-            warnings.simplefilter("ignore")
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            # The exporter warns about its own deprecation and about every Python value it traces:
+            # dozens, most of them about shapes it keeps symbolic. They are recorded in export.json
+            # (trace_warnings), not printed; the parity tests say whether the graph is right.
+            warnings.simplefilter("always")
             torch.onnx.export(graph.eval(), example, path, dynamo=False, opset_version=OPSET, input_names=inputs,
                               output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
     except Exception as e:  # an op without an ONNX form, named by the exporter
         message = " ".join(str(e).split())
         raise NotExportable(f"cannot export {os.path.basename(path)}: {message[:300]}") from e
+    traced = {f"{os.path.basename(w.filename)}:{w.lineno}: {str(w.message).splitlines()[0][:160]}"
+              for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
+    return sorted(traced)
 
 
 def _sha256(path: str) -> str:

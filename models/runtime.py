@@ -31,6 +31,7 @@ RECORD_KEYS = ("graphs", "tokenizer", "sha256", "fusion", "tee")  # what this ru
 FUSION_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "region_feature_dim", "max_caption_tokens",
                "max_tag_tokens", "max_regions", "caption_slot", "text_length", "tag_min_score", "pad_token_id",
                "cls_token_id", "sep_token_id", "mask_token_id", "banned", "special_tokens")
+TEE_KEYS = ("image_size", "mean", "std", "classes", "attributes", "attribute_thresh")
 
 
 class ExportProblem(ValueError):
@@ -74,8 +75,9 @@ def read_export(directory: str) -> tuple[dict, dict[str, bytes]]:
     if record.get("version") != VERSION:
         raise ExportProblem(f"{directory} is export format version {record.get('version')}; this runtime reads "
                             f"version {VERSION}: export the checkpoint again")
-    missing = [k for k in RECORD_KEYS if k not in record] + [f"fusion.{k}" for k in FUSION_KEYS
-                                                               if k not in record.get("fusion", {})]
+    missing = ([k for k in RECORD_KEYS if k not in record]
+               + [f"fusion.{k}" for k in FUSION_KEYS if k not in record.get("fusion", {})]
+               + [f"tee.{k}" for k in TEE_KEYS if k not in record.get("tee", {})])
     if missing:
         raise ExportProblem(f"{_join(directory, EXPORT_NAME)} lacks {', '.join(missing)}: export the checkpoint again")
     files = {}
@@ -227,8 +229,10 @@ class OnnxStep:
     then two new positions per call (the newest word, the [MASK]) against everything cached.
 
     Per hypothesis one buffer of C context + S caption positions, (L, N, h, C + S, d), and
-    which of them are real (N, C + S); the graph attends over the whole buffer with that
-    mask, so no call copies it (a masked position weighs exactly nothing)."""
+    which of them are real (N, C + S). The graph gets the whole buffer with that mask, so
+    NumPy never slices or copies it per step (ONNX Runtime reads it in place); inside, each
+    layer joins it with the two new positions and attends over every slot, the unfilled
+    ones masked (they weigh exactly nothing), a little more attention than eager's C + t + 2."""
 
     def __init__(self, captioner: OnnxCaptioner, tag_ids: list[list[int]], features: list[np.ndarray],
                  boxes: list[np.ndarray]):

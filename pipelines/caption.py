@@ -93,12 +93,12 @@ def load_captioner(args):
 
 def load_export(args):
     """An export (pipelines.export), run by ONNX Runtime on the CPU: neither torch nor transformers is imported."""
-    from models.runtime import ExportProblem, load_onnx_captioner
+    from models.runtime import load_onnx_captioner
 
     try:
         captioner = load_onnx_captioner(args.checkpoint, threads=args.threads)
-    except ExportProblem as e:
-        raise UsageError(str(e)) from e
+    except Exception as e:  # ExportProblem, a missing onnxruntime, an unreadable file: one line each
+        raise UsageError(one_line(e)) from e
     return check_length(args, captioner)
 
 

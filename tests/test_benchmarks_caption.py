@@ -20,10 +20,9 @@ def test_caption_learning_runs_every_stage_and_reports(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| trained end to end |" in table and "| held-out scenes, greedy | 6 |" in table
     export = result["export"]  # the trained captioner exported, fp32 and int8, through pipelines.export
+    assert [export["parity"][k]["images"] for k in ("held_out_greedy", "sample_greedy", "held_out_beam")] == [6, 22, 6]
     for name in ("held_out_greedy", "sample_greedy", "held_out_beam"):
-        parity = export["parity"][name]
-        assert parity["equal"] + parity["differ_near_tie"] + parity["differ_other"] == parity["images"] > 0
-    assert export["parity"]["sample_greedy"]["images"] == 22  # every bundled sample image
+        assert export["parity"][name]["failed"] == 0  # every image captioned on both sides
     quality = export["int8_quality"]
     assert quality["images"] == 6
     if quality["cider_ratio"] is not None:  # four training steps may caption nothing right: no ratio then
