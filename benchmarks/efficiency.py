@@ -426,8 +426,8 @@ def run(argv=None) -> dict:
     base_vision, base_fusion, tee, fusion = build(device, args.classes, args.regions, tokenizer,
                                                 args.proposals, args.class_agnostic_boxes)
     tee_params = count(tee)  # as trained and saved, before any folding
-    work = tempfile.mkdtemp(prefix="efficiency_")
     deploy = not (args.no_onnx or args.no_caption)
+    work = tempfile.mkdtemp(prefix="efficiency_") if deploy else None
     if deploy:  # the checkpoint as pipelines.finetune_caption would write it: its file size
         fusion.save_pretrained(os.path.join(work, "checkpoint"), tokenizer)
     tee_plain = copy.deepcopy(tee).eval()  # timed beside the folded one: what folding buys
@@ -487,14 +487,13 @@ def run(argv=None) -> dict:
             if not args.no_uncached_baseline:
                 parts["baseline_caption_uncached"] = base_steps(lambda: baseline_caption(cache=False))
 
-    sizes: dict[str, float] = {}
     if deploy:
-        onnx = deployment(fusion, tokenizer, work, sizes)
-        for name, captioner in onnx.items():
+        onnx, sizes = deployment(fusion, tokenizer, work)
+        for captioner in onnx.values():
             ban_sep(captioner)
-            found = len(captioner.regions([img_hwc])[0]["features"])
-            if found != args.regions:
-                raise RuntimeError(f"efficiency: the {name} export kept {found} regions, not {args.regions}")
+        found = len(onnx["fp32"].regions([img_hwc])[0]["features"])  # int8's TEE graph is the same fp32 one
+        if found != args.regions:
+            raise RuntimeError(f"efficiency: the export kept {found} regions, not {args.regions}")
         parts["onnx_vision"] = lambda: onnx["fp32"].regions([img_hwc])[0]
         parts["onnx_caption"] = lambda: onnx["fp32"]([img_hwc], beam_size=args.beam, max_length=args.max_length)[0]
         parts["int8_caption"] = lambda: onnx["int8"]([img_hwc], beam_size=args.beam, max_length=args.max_length)[0]
@@ -576,7 +575,7 @@ def run(argv=None) -> dict:
                     f"{onnx_runtime_version()} CPU provider, {torch.get_num_threads()} intra-op threads",
             "int8": "dynamic int8 of the fusion's MatMul/Gemm weights; the TEE stays fp32",
             "int8_cider_ratio": args.int8_quality or "not given (--int8-quality JSON)"}
-    shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     if folded:
         r["tee_unfolded_ms"] = med["tee_unfolded"]
         r["tee_fold_speedup"] = r["tee_unfolded_ms"] / r["tee_ms"]
@@ -591,9 +590,9 @@ def run(argv=None) -> dict:
     return r
 
 
-def deployment(fusion, tokenizer, work: str, sizes: dict) -> dict:
+def deployment(fusion, tokenizer, work: str) -> tuple[dict, dict]:
     """The MiniVLM (TEE attached) exported as pipelines.export exports it, fp32 and int8 -> their
-    ONNX Runtime captioners; `sizes` gets the files' MB (the checkpoint's, saved before, too)."""
+    ONNX Runtime captioners, and the files' MB (the checkpoint's, saved in `work` before, too)."""
     from models.export import export_captioner
     from models.runtime import load_onnx_captioner
 
@@ -604,11 +603,9 @@ def deployment(fusion, tokenizer, work: str, sizes: dict) -> dict:
     for name, int8 in (("fp32", False), ("int8", True)):
         export_captioner(fusion, tokenizer, os.path.join(work, name), int8=int8, source="benchmark")
         out[name] = load_onnx_captioner(os.path.join(work, name), threads=torch.get_num_threads())
-    sizes.update({"minivlm_mb": mb("checkpoint", "model.safetensors"),
-                  "onnx_mb": mb("fp32", "vision.onnx", "fusion.onnx"),
-                  "int8_mb": mb("int8", "vision.onnx", "fusion.onnx"),
-                  "onnx_vision_mb": mb("fp32", "vision.onnx")})
-    return out
+    sizes = {"minivlm_mb": mb("checkpoint", "model.safetensors"), "onnx_mb": mb("fp32", "vision.onnx", "fusion.onnx"),
+             "int8_mb": mb("int8", "vision.onnx", "fusion.onnx"), "onnx_vision_mb": mb("fp32", "vision.onnx")}
+    return out, sizes
 
 
 def onnx_runtime_version() -> str:

@@ -29,7 +29,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.decoding import Caption, beam_search, check_decoding, greedy_search, search_captions, tags_from_regions
+from models.decoding import (
+    Caption,
+    banned_ids,
+    beam_search,
+    check_decoding,
+    greedy_search,
+    region_arrays,
+    search_captions,
+    tags_from_regions,
+    text_arrays,
+)
 from models.minivlm import TINY_STUDENT, MiniVLM, box_positions, load_tokenizer, seq2seq_attention, tiny_name
 
 __all__ = ["Caption", "CachedStep", "NotACaptioningCheckpoint", "StudentCaptioner", "UncachedStep", "beam_search",
@@ -49,34 +59,14 @@ def tag_token_ids(tokenizer, tags: list[list[str]], limit: int) -> list[list[int
 
 
 def text_inputs(config, captions: list[list[int]], tags: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Per sample a framed caption ([CLS] ... with [SEP] or [MASK] as the caller wants, at most
-    caption_slot tokens) and raw tag ids -> input_ids, token_type_ids, text_mask (B, T)."""
-    c, b = config, len(captions)
-    slot, t = c.caption_slot, c.text_length
-    input_ids = np.full((b, t), c.pad_token_id, dtype=np.int64)
-    types = np.zeros((b, t), dtype=np.int64)
-    mask = np.zeros((b, t), dtype=np.int64)
-    types[:, slot:] = 1
-    for i, (cap, tag) in enumerate(zip(captions, tags)):
-        assert len(cap) <= slot and len(tag) <= c.max_tag_tokens, (len(cap), len(tag))
-        input_ids[i, :len(cap)], mask[i, :len(cap)] = cap, 1
-        tail = [*tag, c.sep_token_id]
-        input_ids[i, slot:slot + len(tail)], mask[i, slot:slot + len(tail)] = tail, 1
-    return {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(types),
-            "text_mask": torch.from_numpy(mask)}
+    """models.decoding.text_arrays as tensors: input_ids, token_type_ids, text_mask (B, T)."""
+    return {k: torch.from_numpy(v) for k, v in text_arrays(config, captions, tags).items()}
 
 
 def region_inputs(features: list[np.ndarray], boxes: list[np.ndarray], feature_dim: int
                   ) -> dict[str, torch.Tensor]:
-    """Per sample (n, D) features and (n, 4) boxes -> padded (B, R, D), (B, R, 4), mask (B, R)."""
-    b, r = len(features), max(1, max(len(f) for f in features))
-    feats = np.zeros((b, r, feature_dim), dtype=np.float32)
-    box = np.zeros((b, r, 4), dtype=np.float32)
-    mask = np.zeros((b, r), dtype=np.int64)
-    for i, (f, bx) in enumerate(zip(features, boxes)):
-        feats[i, :len(f)], box[i, :len(f)], mask[i, :len(f)] = f, bx, 1
-    return {"region_features": torch.from_numpy(feats), "region_boxes": torch.from_numpy(box),
-            "region_mask": torch.from_numpy(mask)}
+    """models.decoding.region_arrays as tensors: padded (B, R, D), (B, R, 4), mask (B, R)."""
+    return {k: torch.from_numpy(v) for k, v in region_arrays(features, boxes, feature_dim).items()}
 
 
 # ---- decoding steps ----------------------------------------------------------------------
@@ -274,7 +264,7 @@ class StudentCaptioner:
                 "with python -m pipelines.finetune_caption")
         self.model, self.tokenizer, self.source = model.eval(), tokenizer, source
         self.config = model.config
-        self.banned = sorted(set(tokenizer.all_special_ids) - {self.config.sep_token_id})
+        self.banned = banned_ids(tokenizer.all_special_ids, self.config.sep_token_id)
 
     @property
     def device(self) -> torch.device:

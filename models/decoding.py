@@ -44,6 +44,41 @@ def tags_from_regions(names: Sequence[str], scores: Sequence[float], min_score: 
     return sorted(best, key=lambda n: -best[n])
 
 
+# ---- inputs: the fixed-slot layout models.captioning describes, in NumPy ---------------------
+
+def text_arrays(config, captions: list[list[int]], tags: list[list[int]]) -> dict[str, np.ndarray]:
+    """Per sample a framed caption ([CLS] ... with [SEP] or [MASK] as the caller wants, at most
+    caption_slot tokens) and raw tag ids -> input_ids, token_type_ids, text_mask (B, T) int64."""
+    c, b = config, len(captions)
+    slot, t = c.caption_slot, c.text_length
+    input_ids = np.full((b, t), c.pad_token_id, dtype=np.int64)
+    types = np.zeros((b, t), dtype=np.int64)
+    mask = np.zeros((b, t), dtype=np.int64)
+    types[:, slot:] = 1
+    for i, (cap, tag) in enumerate(zip(captions, tags)):
+        assert len(cap) <= slot and len(tag) <= c.max_tag_tokens, (len(cap), len(tag))
+        input_ids[i, :len(cap)], mask[i, :len(cap)] = cap, 1
+        tail = [*tag, c.sep_token_id]
+        input_ids[i, slot:slot + len(tail)], mask[i, slot:slot + len(tail)] = tail, 1
+    return {"input_ids": input_ids, "token_type_ids": types, "text_mask": mask}
+
+
+def region_arrays(features: list[np.ndarray], boxes: list[np.ndarray], feature_dim: int) -> dict[str, np.ndarray]:
+    """Per sample (n, D) features and (n, 4) boxes -> padded (B, R, D), (B, R, 4) float32, mask (B, R) int64."""
+    b, r = len(features), max(1, max(len(f) for f in features))
+    feats = np.zeros((b, r, feature_dim), dtype=np.float32)
+    box = np.zeros((b, r, 4), dtype=np.float32)
+    mask = np.zeros((b, r), dtype=np.int64)
+    for i, (f, bx) in enumerate(zip(features, boxes)):
+        feats[i, :len(f)], box[i, :len(f)], mask[i, :len(f)] = f, bx, 1
+    return {"region_features": feats, "region_boxes": box, "region_mask": mask}
+
+
+def banned_ids(special_ids, sep_token_id: int) -> list[int]:
+    """Tokens a caption never contains: every special token but [SEP], which ends it."""
+    return sorted(set(special_ids) - {sep_token_id})
+
+
 def check_decoding(beam_size: int, max_length: int, limit: int) -> None:
     """ValueError unless 1 <= max_length <= limit (the model's max_caption_tokens) and beam_size >= 1."""
     if not 1 <= max_length <= limit:

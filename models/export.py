@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from models.captioning import attend, split_heads
+from models.decoding import banned_ids
 from models.minivlm import TINY_STUDENT, MiniVLM, box_positions, tiny_name
 from models.runtime import EXPORT_NAME, FORMAT, GRAPHS, TOKENIZER_FILE, VERSION
 from models.tee import IMAGENET_MEAN, IMAGENET_STD, TEE
@@ -111,8 +112,9 @@ def export_captioner(model: MiniVLM, tokenizer, directory: str, *, int8: bool = 
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         traced = {}
-        traced["vision"] = _export(VisionGraph(model.tee), _vision_example(model.tee), os.path.join(directory, GRAPHS["vision"]),
-                inputs=["pixels", "size"],
+        vision = os.path.join(directory, GRAPHS["vision"])
+        traced["vision"] = _export(
+                VisionGraph(model.tee), _vision_example(model.tee), vision, inputs=["pixels", "size"],
                 outputs=["boxes", "scores", "classes", "features", "count"]
                 + (["attributes"] if model.tee.attribute_head is not None else []),
                 dynamic={k: {0: "regions"} for k in ("boxes", "scores", "classes", "features", "attributes")})
@@ -154,13 +156,13 @@ def _is_tiny(init: str) -> bool:
 
 def fusion_record(model: MiniVLM, tokenizer) -> dict:
     c = model.config
-    banned = sorted(set(tokenizer.all_special_ids) - {c.sep_token_id})
     return {"vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
             "num_heads": c.num_heads, "region_feature_dim": c.region_feature_dim,
             "max_caption_tokens": c.max_caption_tokens, "max_tag_tokens": c.max_tag_tokens,
             "max_regions": c.max_regions, "caption_slot": c.caption_slot, "text_length": c.text_length,
             "tag_min_score": c.tag_min_score, "pad_token_id": c.pad_token_id, "cls_token_id": c.cls_token_id,
-            "sep_token_id": c.sep_token_id, "mask_token_id": c.mask_token_id, "banned": banned,
+            "sep_token_id": c.sep_token_id, "mask_token_id": c.mask_token_id,
+            "banned": banned_ids(tokenizer.all_special_ids, c.sep_token_id),
             "special_tokens": {name: tokenizer.convert_ids_to_tokens(getattr(c, f"{name}_token_id"))
                                for name in ("pad", "cls", "sep", "mask")}}
 
@@ -179,7 +181,8 @@ def quantize(fp32: str, int8: str) -> None:
     try:
         quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     except Exception as e:
-        raise NotExportable(f"cannot quantize {os.path.basename(fp32)} to int8: {' '.join(str(e).split())[:300]}") from e
+        message = " ".join(str(e).split())[:300]
+        raise NotExportable(f"cannot quantize {os.path.basename(fp32)} to int8: {message}") from e
 
 
 # ---- tracing ------------------------------------------------------------------------

@@ -20,7 +20,15 @@ from typing import Sequence
 
 import numpy as np
 
-from models.decoding import Caption, check_decoding, log_softmax, search_captions, tags_from_regions
+from models.decoding import (
+    Caption,
+    check_decoding,
+    log_softmax,
+    region_arrays,
+    search_captions,
+    tags_from_regions,
+    text_arrays,
+)
 
 FORMAT = "minivlm-onnx"
 VERSION = 1
@@ -240,25 +248,18 @@ class OnnxStep:
         self.session = captioner.sessions["fusion"]
         self.sep_token_id, self.pad_token_id = c.sep_token_id, c.pad_token_id
         self.banned = np.asarray(captioner.banned, dtype=np.int64)
-        b, slot, width = len(tag_ids), c.caption_slot, c.text_length - c.caption_slot
-        ids = np.full((b, width), c.pad_token_id, dtype=np.int64)
-        tag_mask = np.zeros((b, width), dtype=bool)
-        for i, tag in enumerate(tag_ids):
-            tail = [*tag, c.sep_token_id]
-            ids[i, :len(tail)], tag_mask[i, :len(tail)] = tail, True
-        r = max(1, max(len(f) for f in features))
-        feats = np.zeros((b, r, c.region_feature_dim), dtype=np.float32)
-        box = np.zeros((b, r, 4), dtype=np.float32)
-        region_mask = np.zeros((b, r), dtype=bool)
-        for i, (f, bx) in enumerate(zip(features, boxes)):
-            feats[i, :len(f)], box[i, :len(f)], region_mask[i, :len(f)] = f, bx, True
-        self.context_mask = np.concatenate([tag_mask, region_mask], axis=1)  # (B, C)
+        b, slot = len(tag_ids), c.caption_slot
+        text = {k: np.ascontiguousarray(v[:, slot:]) for k, v in text_arrays(c, [[]] * b, tag_ids).items()}  # tags
+        regions = region_arrays(features, boxes, c.region_feature_dim)
+        ids, feats, box = text["input_ids"], regions["region_features"], regions["region_boxes"]
+        mask = np.concatenate([text["text_mask"], regions["region_mask"]], axis=1)
+        self.context_mask = mask.astype(bool)  # (B, C)
         context = self.context_mask.shape[1]
         # as eager: real positions are keys; a padded one still sees itself (its output is never a key)
         allowed = self.context_mask[:, None, :] | np.eye(context, dtype=bool)  # (B, C, C)
-        positions = np.broadcast_to(np.arange(slot, c.text_length, dtype=np.int64), (b, width))
+        positions = np.broadcast_to(np.arange(slot, c.text_length, dtype=np.int64), ids.shape)
         nothing = self._empty(b)
-        self.context_keys, self.context_values, _ = self._run(ids, np.ones_like(ids), positions, feats, box,
+        self.context_keys, self.context_values, _ = self._run(ids, text["token_type_ids"], positions, feats, box,
                                                                nothing, nothing, allowed[:, None])
         self.rows = np.zeros(0, dtype=np.int64)
         self.length = 0

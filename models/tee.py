@@ -223,10 +223,14 @@ def select_regions(boxes: torch.Tensor, probs: torch.Tensor, feats: torch.Tensor
     score_thresh come first; the rest (best raw class score) only fill up to min_regions.
     Shared by the TEE and the bottom-up-attention baseline.
     """
-    ranked = rank_regions(boxes, probs, feats, size, candidate_thresh=candidate_thresh, nms_thresh=nms_thresh,
-                          score_thresh=score_thresh, min_regions=min_regions, num_regions=num_regions)
-    n = int(ranked.pop("count"))
-    return {k: v[:n] for k, v in ranked.items()}
+    return kept(rank_regions(boxes, probs, feats, size, candidate_thresh=candidate_thresh, nms_thresh=nms_thresh,
+                             score_thresh=score_thresh, min_regions=min_regions, num_regions=num_regions))
+
+
+def kept(ranked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """rank_regions' (or ranked_regions') rows cut to their `count`."""
+    n = int(ranked["count"])
+    return {k: v[:n] for k, v in ranked.items() if k != "count"}
 
 
 def rank_regions(boxes: torch.Tensor, probs: torch.Tensor, feats: torch.Tensor, size, *, candidate_thresh: float,
@@ -389,11 +393,7 @@ class TEE(nn.Module):
     @torch.inference_mode()
     def detect(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
         """Letterboxed batch -> per image regions in letterboxed pixels (boxes, scores, classes, features)."""
-        out = []
-        for det in self.ranked_regions(batch.pixels, batch.sizes):
-            n = int(det.pop("count"))
-            out.append({k: v[:n] for k, v in det.items()})
-        return out
+        return [kept(det) for det in self.ranked_regions(batch.pixels, batch.sizes)]
 
     def ranked_regions(self, pixels: torch.Tensor, sizes) -> list[dict[str, torch.Tensor]]:
         """(B, 3, S, S) letterboxed pixels + content sizes (h, w) -> per image its best num_regions

@@ -55,12 +55,12 @@ def parse_args(argv) -> argparse.Namespace:
                         ("--threads", 1 if args.threads is None else args.threads)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, not {value}")
-    if args.device.startswith("cuda"):
-        from models.runtime import is_export
+    from models.runtime import is_export  # NumPy only
 
-        if is_export(args.checkpoint):  # before check_device, which would import torch to look for CUDA
-            raise UsageError(f"--device {args.device}: an ONNX export runs on ONNX Runtime's CPU provider; "
-                             "use --device cpu (or auto)")
+    args.export = is_export(args.checkpoint)  # one look, before check_device, which imports torch for CUDA
+    if args.export and args.device.startswith("cuda"):
+        raise UsageError(f"--device {args.device}: an ONNX export runs on ONNX Runtime's CPU provider; "
+                         "use --device cpu (or auto)")
     check_device(args.device)
     return args
 
@@ -68,9 +68,7 @@ def parse_args(argv) -> argparse.Namespace:
 def load_captioner(args):
     """The student that will caption (eager, or an ONNX export on ONNX Runtime), or UsageError saying
     why this checkpoint cannot."""
-    from models.runtime import is_export
-
-    if is_export(args.checkpoint):
+    if args.export:
         return load_export(args)
     from pipelines.infer.captions import checkpoint_problem
 
