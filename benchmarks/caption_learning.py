@@ -34,8 +34,15 @@ import time
 import torch
 
 
-def write_labels(coco_json: str, image_root: str, out_dir: str) -> int:
-    """The scene generator as the teacher: its captions (and object names as tags) -> a labels table."""
+def shape_tag(obj: dict) -> tuple[str, str]:
+    """A scene object's ground-truth tag as (label, name): its shape ("circle")."""
+    return "/synth/" + obj["name"], obj["name"]
+
+
+def write_labels(coco_json: str, image_root: str, out_dir: str, tag_of=shape_tag,
+                 provenance: str = "synthetic-ground-truth") -> int:
+    """The scene generator as the teacher: its captions (and objects as tags, named by `tag_of`:
+    (label, name) of an object) -> a labels table, tags distinct and sorted by name."""
     import hashlib
 
     import pyarrow.parquet as pq
@@ -50,12 +57,12 @@ def write_labels(coco_json: str, image_root: str, out_dir: str) -> int:
         path = os.path.join(image_root, img["file_name"])
         with open(path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
-        names = sorted({o["name"] for o in img.get("objects", [])})
+        tags = sorted({tag_of(o) for o in img.get("objects", [])}, key=lambda t: t[1])
         rows.append(LABELS.validate_row(labels_row(
             image_id=img["id"], source_uri=path, sha256=digest, width=img["width"], height=img["height"],
             captions=[{"text": captions[img["id"]], "score": 0.0}],
-            tags=[{"label": "/synth/" + n, "name": n, "score": 1.0} for n in names],
-            captioner="synthetic-ground-truth", tagger="synthetic-ground-truth", teacher_params={})))
+            tags=[{"label": label, "name": name, "score": 1.0} for label, name in tags],
+            captioner=provenance, tagger=provenance, teacher_params={})))
     os.makedirs(out_dir, exist_ok=True)
     pq.write_table(LABELS.to_table(rows), os.path.join(out_dir, "part-00000.parquet"))
     return len(rows)
@@ -120,6 +127,22 @@ def bootstrap_interval(scores: list[float], *, resamples: int = BOOTSTRAP_RESAMP
     means = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
     tail = (1 - level) / 2 * 100
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0, level: float = 0.95) -> list[float]:
+    """[low, point, high] of mean(a - b) over the images both scored: a percentile bootstrap that
+    resamples images with replacement, both sides together (a paired interval)."""
+    import numpy as np
+
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        raise ValueError("no image scored on both sides")
+    d = np.array([a[i] - b[i] for i in ids], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(d.mean()), float(np.percentile(means, 100 - tail))]
 
 
 def per_image_cider(captions_json: str, predictions: dict) -> dict[str, float]:
