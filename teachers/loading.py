@@ -223,16 +223,33 @@ def _check_packages(ref: TeacherRef, path: str) -> None:
     except (OSError, ValueError) as e:
         raise TeacherUnavailable(f"cannot load the config or processor of {ref.kind} {ref.spec!r}: "
                                  f"{_one_line(e)}") from e
-    _check_role(ref, config.model_type, model_class)
+    _check_role(ref, config.model_type, model_class, getattr(config, "architectures", None) or [])
 
 
-def _check_role(ref: TeacherRef, model_type: str, model_class) -> None:
+def _scores_image_text(model_class) -> bool:
+    return all(hasattr(model_class, m) for m in ("get_image_features", "get_text_features"))
+
+
+def _check_role(ref: TeacherRef, model_type: str, model_class, architectures: list[str]) -> None:
     """A tagger scores images against texts: AutoModel loads any model type, but only image-text
-    models (SigLIP, CLIP, ...) have the two towers the tagger calls."""
-    if ref.kind == "tagger" and not all(hasattr(model_class, m) for m in ("get_image_features", "get_text_features")):
+    models (SigLIP, CLIP, ...) have the two towers the tagger calls. And the checkpoint must be
+    one of such a model: a BLIP captioner's folder loads as BlipModel too, its image-text
+    projections then random (transformers only warns), so its tags would be noise."""
+    if ref.kind != "tagger":
+        return
+    if not _scores_image_text(model_class):
         raise TeacherUnavailable(
             f"tagger {ref.spec!r} is a {model_type!r} model ({model_class.__name__}), not an image-text model with "
             "image and text features to score tags with; supported families: docs/teachers.md")
+    import transformers
+
+    saved = [getattr(transformers, name, None) for name in architectures]
+    other = [c.__name__ for c in saved if c is not None and not _scores_image_text(c)]
+    if other and len(other) == len(architectures):
+        raise TeacherUnavailable(
+            f"tagger {ref.spec!r} is a {model_type!r} checkpoint of {', '.join(other)}, not an image-text model with "
+            f"image and text features to score tags with (as {model_class.__name__} its image-text projections "
+            "would start random); supported families: docs/teachers.md")
 
 
 def _missing_packages(err: ImportError) -> list[str]:
@@ -400,5 +417,5 @@ def load_pretrained(ref: TeacherRef, auto_model, *, cache_dir: str | None = None
         raise TeacherUnavailable(_missing_package_message(ref, e)) from e
     except (OSError, ValueError) as e:
         raise TeacherUnavailable(f"cannot load {ref.kind} {ref.spec!r} from {path}: {_one_line(e)}") from e
-    _check_role(ref, model.config.model_type, type(model))
+    _check_role(ref, model.config.model_type, type(model), getattr(model.config, "architectures", None) or [])
     return model.to(device).eval(), processor

@@ -281,6 +281,20 @@ def test_a_tagger_must_be_an_image_text_model(tmp_path):
         teachers.describe(TeacherRef("tagger", str(bert)))
 
 
+def test_a_captioners_checkpoint_is_no_tagger(tmp_path):
+    """A BLIP captioner's folder loads with AutoModel as BlipModel, which has both towers, but its
+    image-text projections would start random: refused on the launcher and on a worker."""
+    blip = tmp_path / "blip"
+    blip.mkdir()
+    registry.build_tiny("captioner", "blip", str(blip))
+    match = "tagger '.*blip' is a 'blip' checkpoint of BlipForConditionalGeneration, not an image-text model"
+    with pytest.raises(TeacherUnavailable, match=match):
+        teachers.describe(TeacherRef("tagger", str(blip)))
+    with pytest.raises(TeacherUnavailable, match=match):
+        teachers.load_tagger(str(blip), TagParams(), device="cpu")
+    assert teachers.describe(TeacherRef("captioner", str(blip))) == str(blip)  # in its own role it is fine
+
+
 def test_a_remote_code_only_model_needs_trust_remote_code(tmp_path):
     path = _model_dir(tmp_path, {"model_type": "acme-vlm",
                                  "auto_map": {"AutoModelForImageTextToText": "modeling_acme.AcmeForCaptioning"}})
