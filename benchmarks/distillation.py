@@ -154,7 +154,8 @@ def without_tags(labels: str, out_dir: str) -> None:
 
     from schemas.io import parquet_files
 
-    os.makedirs(out_dir, exist_ok=True)
+    shutil.rmtree(out_dir, ignore_errors=True)  # parts of an earlier, larger table must not stay
+    os.makedirs(out_dir)
     for k, path in enumerate(parquet_files(labels)):
         table = pq.read_table(path)
         i = table.schema.get_field_index("tags")
@@ -198,12 +199,10 @@ def score_teacher(labels: str, captions_json: str) -> dict:
 
     files, refs = read_coco_references(captions_json)
     teacher = coco_teacher_captions(labels, files, refs)
+    # An image the teacher gave no caption (none, or only blank ones) scores as an empty caption: 0.
     missing = sorted(set(refs) - set(teacher))
-    if missing:
-        raise SystemExit(f"{PROG}: the teacher's labels lack {len(missing)} images of {captions_json}, "
-                         f"e.g. {missing[:3]}")
-    predictions = {i: {"caption": t[0]} for i, t in teacher.items()}
-    return {"per_image": per_image_cider(captions_json, predictions),
+    predictions = {i: {"caption": teacher[i][0] if i in teacher else ""} for i in refs}
+    return {"per_image": per_image_cider(captions_json, predictions), "uncaptioned": missing,
             "examples": {i: predictions[i]["caption"] for i in sorted(predictions)[:5]}}
 
 
@@ -232,6 +231,9 @@ def summarise(per_image: dict[str, dict[str, float]], seed: int) -> dict:
     out["oracle_gain_recovered"], out["oracle_gain_recovered_interval"] = None, None
     if oracle is None or out["distilled_minus_human_only"] is None:
         out["oracle_gain_recovered_reason"] = "needs the arms distilled, oracle and human_only"
+    elif oracle[2] < 0:
+        out["oracle_gain_recovered_reason"] = (f"the oracle is worse than human_only, {oracle[1]:+.3f} "
+                                               f"[{oracle[0]:+.3f}, {oracle[2]:+.3f}]: no gain to recover")
     elif oracle[0] <= 0:
         out["oracle_gain_recovered_reason"] = (f"the oracle's own gain over human_only, {oracle[1]:+.3f} "
                                                f"[{oracle[0]:+.3f}, {oracle[2]:+.3f}], is within noise of 0")
@@ -367,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     # The TEE (with the attribute head, as the task check has it) from the teacher set's boxes: every arm's.
     tee_dir = os.path.join(work, "tee")
     teacher_split = paths["teacher"]
-    stages.run("train_tee", {"data": stages.digests["data"], "steps": args.tee_steps, "seed": args.seed},
+    stages.run("train_tee", {"data": stages.digests["data"], "steps": args.tee_steps, "seed": args.seed,
+                             "device": args.device},
                lambda: command("train_tee", train_tee, [
                    "--images", teacher_split["images_csv"], "--annotations", teacher_split["boxes_csv"],
                    "--classes", teacher_split["classes_csv"], "--attributes", teacher_split["attributes_csv"],
@@ -389,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             return {"folder": folder, "seconds": record["seconds"], "parameters": record["parameters"],
                     "settings": record["settings"], "final": record["history"][-1]}
 
-        teachers[kind] = stages.run(f"teacher_{kind}", {"data": stages.digests["data"], "settings": asdict(settings)},
+        teachers[kind] = stages.run(f"teacher_{kind}", {"data": stages.digests["data"], "settings": asdict(settings),
+                                                        "recipe": scene_teachers.RECIPE_VERSION, "device": args.device},
                                     train)
 
     # The labeling job over the pool and over the scored split: the teacher folders through --captioner/--tagger.
@@ -401,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     labeled = {}
     for split in ("pool", args.split):
         out = os.path.join(work, "labels", split)
-        stages.run(f"label_{split}", {"data": stages.digests["data"], "flags": label_flags,
+        stages.run(f"label_{split}", {"data": stages.digests["data"], "flags": label_flags, "device": args.device,
                                       "teachers": [stages.digests["teacher_captioner"],
                                                    stages.digests["teacher_tagger"]]},
                    lambda split=split, out=out: command(f"pseudo_label {split}", pseudo_label, [
@@ -410,11 +414,13 @@ def main(argv: list[str] | None = None) -> int:
                        "--quiet", "--cache-dir", os.path.join(work, "cache"), *label_flags, *device]))
         labeled[split] = os.path.join(out, "labels")
 
-    # Region features of every split a student reads, once each.
+    # Region features of every split a student trains or validates on, once each (the scored split is
+    # captioned from its pixels).
     features = {}
-    for split in dict.fromkeys(("pool", "human", "validation", args.split)):
+    for split in ("pool", "human", "validation"):
         out = os.path.join(work, "features", split)
-        stages.run(f"features_{split}", {"data": stages.digests["data"], "tee": stages.digests["train_tee"]},
+        stages.run(f"features_{split}", {"data": stages.digests["data"], "tee": stages.digests["train_tee"],
+                                         "device": args.device},
                    lambda split=split, out=out: command(f"extract_features {split}", extract_features, [
                        "--runner", "DirectRunner", "--input", paths[split]["images_csv"], "--image-root", images,
                        "--tee", tee, "--output", out, "--overwrite", "--batch-size", "32", "--decode-size",
@@ -423,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # What each arm pre-trains on: a labels table joined with its images' features.
     gt_labels = {}
-    for split in ("pool", "human"):
+    # The pool's ground truth is the oracle's alone: written only when that arm runs.
+    for split in ("human", "pool") if "oracle" in args.arms else ("human",):
         out = os.path.join(work, "labels", f"{split}-ground-truth", "labels")
         stages.run(f"ground_truth_{split}", {"data": stages.digests["data"]},
                    lambda split=split, out=out: {"rows": write_labels(
@@ -435,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     arm_inputs = {"human_only": (gt_labels["human"], "human", "ground_truth_human"),
                   "distilled": (labeled["pool"], "pool", "label_pool"),
                   "distilled_no_tags": (no_tags, "pool", "labels_no_tags"),
-                  "oracle": (gt_labels["pool"], "pool", "ground_truth_pool")}
+                  "oracle": (gt_labels.get("pool"), "pool", "ground_truth_pool")}
     corpora = {}
     for arm in args.arms:
         labels, split, made_by = arm_inputs[arm]
@@ -511,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels_captioner": made["captioner"], "labels_tagger": made["tagger"],
         "teachers": teachers, "pseudo_labels": quality, "pool_labeling": pool_counts,
         "test_images": len(per_image["teacher"]),
+        "teacher_uncaptioned": teacher_scores["uncaptioned"],
         "minutes": round((time.monotonic() - t0) / 60, 2),
         "stage_seconds": {**stages.seconds, **{f"arm_{a}": s for a, s in arm_seconds.items()}},
         "cached": stages.cached,

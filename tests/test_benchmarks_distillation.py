@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import scene_teachers
-from benchmarks.distillation import ARMS, main, summarise
+from benchmarks.distillation import ARMS, main, summarise, without_tags
 
 KEYS = ("teacher_cider", "pseudo_label_cider", "human_only_cider", "distilled_cider", "distilled_no_tags_cider",
         "oracle_cider", "distilled_minus_human_only", "tags_gain", "oracle_gain_recovered", "teacher_retention",
@@ -71,6 +71,10 @@ def test_oracle_gain_recovered_is_null_with_a_reason_when_the_oracle_gains_nothi
     assert stats["oracle_gain_recovered"] is None and "within noise" in stats["oracle_gain_recovered_reason"]
     assert stats["distilled_minus_human_only"][0] == pytest.approx(0.5)
 
+    per_image["oracle"] = {i: v - 1.0 for i, v in flat.items()}
+    stats = summarise(per_image, seed=0)
+    assert stats["oracle_gain_recovered"] is None and "worse than human_only" in stats["oracle_gain_recovered_reason"]
+
     per_image["oracle"] = {i: v + 1.0 for i, v in flat.items()}
     stats = summarise(per_image, seed=0)
     assert stats["oracle_gain_recovered"] == pytest.approx(0.5)
@@ -101,3 +105,18 @@ def check_bad_teacher_inputs(teachers: dict, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
         assert not (out / "labels").exists()
+
+
+def test_the_no_tags_copy_holds_only_the_tables_rows(tmp_path):
+    """A copy made again over an earlier, larger one keeps none of its parts."""
+    import pyarrow as pa
+
+    labels, out = tmp_path / "labels", tmp_path / "no-tags"
+    labels.mkdir(), out.mkdir()
+    tags = pa.list_(pa.struct([("name", pa.string()), ("score", pa.float32())]))
+    table = pa.table({"image_id": ["a", "b"], "tags": pa.array([[{"name": "red circle", "score": 0.9}], []], tags)})
+    pq.write_table(table, str(labels / "part-00000.parquet"))
+    pq.write_table(table, str(out / "part-00007.parquet"))  # left by an earlier run
+    without_tags(str(labels), str(out))
+    rows = pq.read_table(str(out)).to_pylist()
+    assert rows == [{"image_id": "a", "tags": []}, {"image_id": "b", "tags": []}]
