@@ -152,12 +152,12 @@ def without_tags(labels: str, out_dir: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from schemas.io import parquet_files
+    from schemas.io import parquet_files, read_file
 
     shutil.rmtree(out_dir, ignore_errors=True)  # parts of an earlier, larger table must not stay
     os.makedirs(out_dir)
     for k, path in enumerate(parquet_files(labels)):
-        table = pq.read_table(path)
+        table = read_file(path)
         i = table.schema.get_field_index("tags")
         empty = pa.array([[] for _ in range(table.num_rows)], type=table.schema.field("tags").type)
         pq.write_table(table.set_column(i, table.schema.field("tags"), empty),
