@@ -253,6 +253,8 @@ def summarise(per_image: dict[str, dict[str, float]], seed: int) -> dict:
 
 
 def table(result: dict) -> str:
+    from pipelines.evaluate_tags import score_text
+
     split = result["split"]
     rows = [f"\n| {split} split ({result['test_images']} scenes) | CIDEr-D | 95% interval |", "|---|---:|---|"]
     for arm in ("teacher", *ARMS):
@@ -279,19 +281,14 @@ def table(result: dict) -> str:
     lines.append(f"pool labeling: {c['labeled']} of {c['distinct_images']} images labeled, {c['failed']} failed "
                  f"{c['failed_by_error_type'] or ''}".rstrip())
     lines.append(f"pseudo-labels on the pool ({q['images']} images): caption CIDEr-D {result['pseudo_label_cider']:.3f}, "
-                 f"BLEU-4 {q['captions'].get('BLEU-4', 0):.3f}; tags P {_num(q['tags']['precision'])} "
-                 f"R {_num(q['tags']['recall'])} F1 {_num(q['tags']['f1'])} at {q['tags']['threshold']}")
+                 f"BLEU-4 {q['captions'].get('BLEU-4', 0):.3f}; tags P {score_text(q['tags']['precision'])} "
+                 f"R {score_text(q['tags']['recall'])} F1 {score_text(q['tags']['f1'])} at {q['tags']['threshold']}")
     lines.append(f"teachers: captioner {result['teachers']['captioner']['parameters']:,} parameters, "
                  f"{result['teachers']['captioner']['seconds']:.0f} s; tagger "
                  f"{result['teachers']['tagger']['parameters']:,} parameters, "
                  f"{result['teachers']['tagger']['seconds']:.0f} s")
     lines.append(f"wall time {result['minutes']:.1f} min (cached stages: {', '.join(result['cached']) or 'none'})")
     return "\n".join(lines)
-
-
-def _num(x) -> str:
-    # tag scores are None when no image has a tag to score (toy runs)
-    return "n/a" if x is None else f"{x:.3f}"
 
 
 # ---- the benchmark --------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from pipelines.data import storage
 PROG = "evaluate_tags"
 
 
-def _fmt(x: float | None) -> str:
+def score_text(x: float | None) -> str:
+    """A precision, recall or F1 for a table: "-" where it is undefined (no predictions or no positives)."""
     return "-" if x is None else f"{x:.4f}"
 
 
@@ -42,8 +43,8 @@ def format_table(result: dict, top: int = 10) -> str:
     o = result["overall"]
     lines = [(f"tags at threshold {result['threshold']:g} on {o['images']} images with human labels "
               f"(labeled images without any, not counted: {result['images_without_human_labels']})"),
-             (f"precision {_fmt(o['precision'])}  recall {_fmt(o['recall'])}  F1 {_fmt(o['f1'])}  "
-              f"(TP {o['tp']}, FP {o['fp']}, FN {o['fn']}); macro-F1 {_fmt(result['macro_f1'])}"),
+             (f"precision {score_text(o['precision'])}  recall {score_text(o['recall'])}  F1 {score_text(o['f1'])}  "
+              f"(TP {o['tp']}, FP {o['fp']}, FN {o['fn']}); macro-F1 {score_text(result['macro_f1'])}"),
              (f"tags on classes nobody verified for their image, not scored (neither right nor wrong): "
               f"{result['unverified_tags']}"), ""]
     ranked = sorted((r for r in result["per_class"] if r["tp"] + r["fn"] > 0),
@@ -54,8 +55,8 @@ def format_table(result: dict, top: int = 10) -> str:
         if r is None:
             lines.append(f"| ... {len(ranked) - 2 * top} more classes | | | | | | | |")
             continue
-        lines.append(f"| {r['name']} | {r['label']} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | "
-                     f"{_fmt(r['f1'])} | {r['tp']} | {r['fp']} | {r['fn']} |")
+        lines.append(f"| {r['name']} | {r['label']} | {score_text(r['precision'])} | {score_text(r['recall'])} | "
+                     f"{score_text(r['f1'])} | {r['tp']} | {r['fp']} | {r['fn']} |")
     return "\n".join(lines)
 
 
