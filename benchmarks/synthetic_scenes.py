@@ -23,6 +23,7 @@ import io
 import json
 import math
 import zlib
+from typing import Callable
 
 import fsspec
 import numpy as np
@@ -234,8 +235,10 @@ def _count(objects: list[dict], key: str, value: str) -> int:
     return sum(o[key] == value for o in objects)
 
 
-def _statement(left: list[dict], right: list[dict], kind: int, rng: np.random.Generator) -> tuple[str, bool]:
-    """One statement of template `kind` about a pair, its arguments drawn with rng, and its truth."""
+def _statement(left: list[dict], right: list[dict], kind: int, rng: np.random.Generator
+               ) -> tuple[str, Callable[[list[dict], list[dict]], bool]]:
+    """One statement of template `kind` about a pair, its arguments drawn with rng, and the judge
+    that gives its truth on any pair (left objects, right objects)."""
     both = left + right
     # Half the time an argument the pair has: otherwise most presence statements would be false.
     shape = (both[int(rng.integers(len(both)))]["name"] if both and rng.random() < 0.5
@@ -243,22 +246,27 @@ def _statement(left: list[dict], right: list[dict], kind: int, rng: np.random.Ge
     color = (both[int(rng.integers(len(both)))]["color"] if both and rng.random() < 0.5
              else list(PALETTE)[int(rng.integers(len(PALETTE)))])
     side = "left" if rng.random() < 0.5 else "right"
-    this, other = (left, right) if side == "left" else (right, left)
     other_side = "right" if side == "left" else "left"
+
+    def sides(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict]]:
+        return (a, b) if side == "left" else (b, a)
+
     if kind == 0:
         return (f"the {side} image has more {shape}s than the {other_side} one",
-                _count(this, "name", shape) > _count(other, "name", shape))
+                lambda a, b: _count(sides(a, b)[0], "name", shape) > _count(sides(a, b)[1], "name", shape))
     if kind == 1:
-        return f"there are more objects in the {side} image than in the {other_side} one", len(this) > len(other)
+        return (f"there are more objects in the {side} image than in the {other_side} one",
+                lambda a, b: len(sides(a, b)[0]) > len(sides(a, b)[1]))
     if kind == 2:
         article = "an" if color[0] in "aeiou" else "a"
         return (f"both images contain {article} {color} object",
-                _count(left, "color", color) > 0 and _count(right, "color", color) > 0)
+                lambda a, b: _count(a, "color", color) > 0 and _count(b, "color", color) > 0)
     if kind == 3:
         phrase = _phrase({"name": shape, "color": color})
-        return f"the {side} image contains {phrase}", any(o["name"] == shape and o["color"] == color for o in this)
+        return (f"the {side} image contains {phrase}",
+                lambda a, b: any(o["name"] == shape and o["color"] == color for o in sides(a, b)[0]))
     return (f"exactly one image contains a {shape}",
-            (_count(left, "name", shape) > 0) != (_count(right, "name", shape) > 0))
+            lambda a, b: (_count(a, "name", shape) > 0) != (_count(b, "name", shape) > 0))
 
 
 def statements_for(left_objects: list[dict], right_objects: list[dict], rng: np.random.Generator
@@ -270,17 +278,24 @@ def statements_for(left_objects: list[dict], right_objects: list[dict], rng: np.
     has that truth: labels are balanced within every template where the pair allows, so neither
     the template nor the pair's look alone tells the answer. Where it does not (no colour is in
     both scenes), the later draws try other templates, keeping the overall balance."""
-    out: list[tuple[str, bool]] = []
+    return [(sentence, judge(left_objects, right_objects))
+            for sentence, judge in _statements(left_objects, right_objects, rng)]
+
+
+def _statements(left_objects: list[dict], right_objects: list[dict], rng: np.random.Generator
+                ) -> list[tuple[str, Callable[[list[dict], list[dict]], bool]]]:
+    """statements_for's sentences with their judges (truth on any pair)."""
+    out: list[tuple[str, Callable]] = []
     for _ in range(1 + int(rng.random() < 0.5)):
         kind, want = int(rng.integers(STATEMENT_KINDS)), bool(rng.random() < 0.5)
         for attempt in range(STATEMENT_TRIES):
             if attempt >= STATEMENT_TRIES // 2:
                 kind = int(rng.integers(STATEMENT_KINDS))
-            sentence, truth = _statement(left_objects, right_objects, kind, rng)
-            if truth == want and all(sentence != s for s, _ in out):
+            sentence, judge = _statement(left_objects, right_objects, kind, rng)
+            if judge(left_objects, right_objects) == want and all(sentence != s for s, _ in out):
                 break
         if all(sentence != s for s, _ in out):  # never the same sentence twice about one pair
-            out.append((sentence, bool(truth)))
+            out.append((sentence, judge))
     return out
 
 
@@ -384,18 +399,46 @@ def _write(out_dir: str, n: int, *, seed: int, size: int, subset: str, prefix: s
     return paths, counts
 
 
+PAIR_TRIES = 20  # right images tried for a set's second pair, looking for one that flips its statements
+
+
 def _nlvr2_rows(ids: list[str], scene_objects: list[list[dict]], stream: list[int], subset: str) -> list[dict]:
-    """Scene k paired with another scene of the subset, and statements about the pair."""
+    """Set k: scene k paired with another scene (pair 0) and statements about that pair; the same
+    statements judged again on a second pair of scenes (pair 1): of PAIR_TRIES drawn pairs, the
+    first that flips every statement's truth, else the one that flips most, so labels stay near
+    balanced. As in NLVR2, one sentence is judged on several pairs, and the identifiers
+    (split-set-pair-sentence) group them for consistency. Rows in order of their left images."""
     rows = []
     for k in range(len(ids) if len(ids) > 1 else 0):  # one scene has nothing to be paired with
         # Its own generator: the scenes and their questions stay what they were before pairs existed.
         rng = np.random.default_rng([*stream, k, 11])
         j = int(rng.integers(len(ids) - 1))
         j += j >= k  # any scene but k itself
-        for s, (sentence, truth) in enumerate(statements_for(scene_objects[k], scene_objects[j], rng)):
-            rows.append({"identifier": f"{subset}-{k}-0-{s}", "sentence": sentence, "label": str(truth),
-                         "img0": ids[k], "img1": ids[j]})
-    return rows
+        said = _statements(scene_objects[k], scene_objects[j], rng)
+        pairs = [(k, j)]
+        if len(ids) > 2 and said:
+            # The second pair's own generator: the first pair's rows stay what they were before it.
+            other = np.random.default_rng([*stream, k, 13])
+            before = [judge(scene_objects[k], scene_objects[j]) for _, judge in said]
+            best, flips = None, -1
+            for _ in range(PAIR_TRIES):
+                left = int(other.integers(len(ids)))
+                right = int(other.integers(len(ids) - 1))
+                right += right >= left
+                flipped = sum(judge(scene_objects[left], scene_objects[right]) != was
+                              for (_, judge), was in zip(said, before))
+                if (left, right) != (k, j) and flipped > flips:
+                    best, flips = (left, right), flipped
+                if flips == len(said):
+                    break
+            if best is not None:
+                pairs.append(best)
+        for p, (left, right) in enumerate(pairs):
+            for s, (sentence, judge) in enumerate(said):
+                rows.append({"identifier": f"{subset}-{k}-{p}-{s}", "sentence": sentence,
+                             "label": str(judge(scene_objects[left], scene_objects[right])),
+                             "img0": ids[left], "img1": ids[right]})
+    return sorted(rows, key=lambda r: r["img0"])  # stable: a left image's rows keep their order
 
 
 def write_dataset(out_dir: str, n: int, *, seed: int, size: int, subset: str = "train", prefix: str = "",
@@ -411,8 +454,10 @@ def write_dataset(out_dir: str, n: int, *, seed: int, size: int, subset: str = "
     shapes, positions; ten identical human answers each), <prefix>karpathy.json (the Karpathy
     split layout of image-text retrieval: each image's caption, split "train" for the train
     subset and "test" otherwise) and <prefix>nlvr2.jsonl (NLVR2 statements, official fields
-    plus img0/img1 naming the two ImageIDs: scene k paired with another scene of the subset,
-    one or two statements a pair, about half of them true). `prefix` lets several subsets
+    plus img0/img1 naming the two ImageIDs: set k is scene k paired with another scene of the
+    subset, one or two statements about that pair, about half of them true, then the same
+    statements judged on a second pair, drawn to flip their truth; identifiers "<subset>-k-<pair>-<n>", so
+    NLVR2's consistency groups two pairs per sentence). `prefix` lets several subsets
     share one folder and image root, like Open Images' train-/validation- files. ImageIDs are
     16 hex digits and every file is in ImageID order (nlvr2.jsonl: of its left images). The
     same seed and subset give byte-identical files.

@@ -96,3 +96,22 @@ def test_bad_files(tmp_path):
     empty.write_text("")
     statements, stats = read_nlvr2(str(empty))
     assert statements == [] and stats.to_dict() == {"statements": 0, "malformed": 0, "unlabeled": 0}
+
+
+def test_consistency_groups_as_the_official_script():
+    """lil-lab/nlvr's metrics.py: a sentence is its identifier with the pair field blanked; the same
+    words under two sets are two sentences, and a wrong pair spoils only its own sentence."""
+    from pipelines.eval.nlvr2 import score, sentence_key
+
+    assert sentence_key("dev-850-2-0") == "dev-850--0" and sentence_key("odd-id") == "odd-id"
+    statements = [Statement("dev-1-0-0", "two dogs", "a", "b", True),
+                  Statement("dev-1-1-0", "two dogs", "c", "d", False),
+                  Statement("dev-2-0-0", "two dogs", "e", "f", True),   # same words, another set
+                  Statement("dev-2-0-1", "a cat", "e", "f", True),
+                  Statement("dev-2-1-1", "a cat", "g", "h", False)]
+    right = {s.identifier: s.label for s in statements}
+    wrong_once = {**right, "dev-2-1-1": True}
+    assert score(right, statements)["consistency"] == 1.0
+    out = score(wrong_once, statements)
+    # groups dev-1--0 (right), dev-2--0 (right), dev-2--1 (one pair wrong): 2 of 3; by text it would be 1 of 2
+    assert out["consistency"] == pytest.approx(2 / 3) and out["accuracy"] == pytest.approx(4 / 5)

@@ -1,5 +1,6 @@
 import json
 import re
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from pipelines.data import annotations as boxes
 from pipelines.data.nlvr2 import read_nlvr2
 from pipelines.data.retrieval import read_karpathy
 from pipelines.data.sources import SourceSpec, iter_refs
+from pipelines.eval.nlvr2 import sentence_key
 
 SIZE = 64
 
@@ -249,11 +251,19 @@ def test_karpathy_and_nlvr2_files_read_back(tmp_path):
 
     statements, nstats = read_nlvr2(paths["nlvr2_jsonl"])
     assert nstats.malformed == nstats.unlabeled == 0 and len({s.identifier for s in statements}) == len(statements)
-    assert 1.3 < len(statements) / 200 < 1.7
-    assert [s.left for s in statements] == sorted(s.left for s in statements)  # scene k's pairs in order
-    assert {s.left for s in statements} == set(ids)  # one pair per scene
-    assert all(s.right in ids and s.left != s.right for s in statements)
+    assert 2 * 1.3 < len(statements) / 200 < 2 * 1.7  # 1.5 sentences per set, each judged on two pairs
+    assert [s.left for s in statements] == sorted(s.left for s in statements)  # in order of left images
+    first = [s for s in statements if s.identifier.split("-")[2] == "0"]
+    assert {s.left for s in first} == set(ids)  # set k's first pair is scene k beside another
+    assert all(s.right in ids and s.left in ids and s.left != s.right for s in statements)
     assert 0.3 <= np.mean([s.label for s in statements]) <= 0.7
+    groups = defaultdict(list)  # the official consistency groups: identifiers with the pair field blanked
+    for s in statements:
+        groups[sentence_key(s.identifier)].append(s)
+    assert len(groups) == len(first) and all(len(g) == 2 and g[0].sentence == g[1].sentence
+                                             and (g[0].left, g[0].right) != (g[1].left, g[1].right)
+                                             for g in groups.values())
+    assert sum(g[0].label != g[1].label for g in groups.values()) > len(groups) / 2  # most sentences flip
     objects = {im["id"]: im["objects"] for im in coco["images"]}
     for s in statements:
         assert s.label is _truth(s.sentence, objects[s.left], objects[s.right])

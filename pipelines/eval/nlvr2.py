@@ -2,8 +2,11 @@
 
 `predict` runs the student over a StatementStream (file order) in batches and yields
 (identifier, true or false). `score` gives NLVR2's accuracy (over the labelled statements it
-judged) and its consistency: the share of distinct sentences whose every judged image pair
-is right (a sentence is written once and paired with several image pairs in NLVR2).
+judged) and its consistency: the share of sentences whose every judged image pair is right
+(a sentence is written once and paired with several image pairs in NLVR2). Sentences are
+grouped as the official script (lil-lab/nlvr, nlvr2/eval/metrics.py) groups them: by the
+identifier ("split-set-pair-sentence") with its pair field blanked, so the same words written
+for two different sets are two sentences. An identifier not of that form is its own group.
 """
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from typing import Iterator
 
 import torch
 
-from pipelines.data.text import caption_key
 from pipelines.train.streams import loaded_batches
 
 
@@ -23,6 +25,16 @@ def predict(model, stream, collate, *, batch_size: int) -> Iterator[tuple[str, b
         batch = {k: v.to(device) for k, v in collate(samples).items() if k != "statement_labels"}
         truth = model.statement_logits(batch).argmax(-1).tolist()
         yield from ((s.identifier, bool(t)) for s, t in zip(samples, truth))
+
+
+def sentence_key(identifier: str) -> str:
+    """The official consistency group of a statement: its identifier with the pair field blanked
+    ("dev-850-2-0" -> "dev-850--0")."""
+    parts = identifier.split("-")
+    if len(parts) < 4:
+        return identifier
+    parts[2] = ""
+    return "-".join(parts)
 
 
 def score(predictions: dict[str, bool], statements) -> dict:
@@ -40,7 +52,7 @@ def score(predictions: dict[str, bool], statements) -> dict:
         ok = predictions[s.identifier] == s.label
         judged += 1
         right += ok
-        by_sentence[caption_key(s.sentence)].append(ok)
+        by_sentence[sentence_key(s.identifier)].append(ok)
     return {"accuracy": right / judged if judged else None, "statements_scored": judged,
             "statements_without_features": unjudged,
             "consistency": (sum(all(v) for v in by_sentence.values()) / len(by_sentence)) if by_sentence else None,
