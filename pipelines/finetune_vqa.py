@@ -8,12 +8,17 @@
 --init is a pipelines.train_student output (CKPT or CKPT/model). --train is VQA v2 (the
 questions JSON with --train-annotations) or JSON Lines with the answers inline
 (pipelines/data/vqa.py); --features is the extract_features output for its images (or a
-corpus), made by the student's TEE. The answer vocabulary is every normalised training
-answer given by at least --min-answer-count humans; it is stored in the checkpoint
-(config.json `answers`, task `vqa`). Input: [CLS] question [SEP] TEE tags [SEP] regions; a
-classifier on [CLS] learns each answer's soft score (its VQA accuracy) with binary
-cross-entropy. CKPT2/model is the checkpoint for pipelines.evaluate_vqa; CKPT2/metrics.jsonl
-has step, loss, vqa_loss, vqa_score (the VQA accuracy of the top answer), lr and validation rows.
+corpus), made by the student's TEE. The answer vocabulary is, as in VQA v2 practice
+(bottom-up-attention-vqa, OSCAR, VinVL), every normalised answer that is the
+multiple_choice_answer of at least --min-answer-count (9) questions, counted over --train
+and --val when given (3,129 answers on VQA v2 train2014 + val2014); answers only some
+annotators gave are not counted. Human answers outside it are scored 0; a question with
+none inside it is skipped. The vocabulary is stored in the checkpoint (config.json
+`answers`, task `vqa`), its size and rule in train_config.json (`data`). Input: [CLS]
+question [SEP] TEE tags [SEP] regions; a classifier on [CLS] learns each answer's soft
+score (its VQA accuracy) with binary cross-entropy. CKPT2/model is the checkpoint for
+pipelines.evaluate_vqa; CKPT2/metrics.jsonl has step, loss, vqa_loss, vqa_score (the VQA
+accuracy of the top answer), lr and validation rows.
 """
 from __future__ import annotations
 
@@ -35,9 +40,11 @@ def parse_args(argv):
     d.add_argument("--train-annotations", help="VQA v2 annotations JSON of --train")
     d.add_argument("--val", help="validation questions, like --train")
     d.add_argument("--val-annotations", help="VQA v2 annotations JSON of --val")
-    d.add_argument("--min-answer-count", type=int, default=1,
-                   help="answers given by fewer humans over the training questions are left out of the vocabulary "
-                        "(VQA v2 practice: 9, giving ~3,000 answers)")
+    d.add_argument("--min-answer-count", type=int, default=9,
+                   help="the vocabulary keeps the normalised answers that are the multiple_choice_answer of at least "
+                        "this many questions, counted over --train and --val when given, as VQA v2 practice does "
+                        "(3,129 answers on VQA v2 train2014+val2014); answers only some annotators gave do not "
+                        "count")
     d.add_argument("--shuffle-buffer", type=int, default=1000, help="samples in the streaming shuffle buffer")
     add_task_flags(ap, d, lr=5e-5, batch_size=32, warmup_steps=500, weight_decay=0.01)
     return ap.parse_args(argv)
@@ -57,15 +64,19 @@ def run(argv: list[str] | None = None) -> int:
     from pipelines.train.vqa_data import VQACollate, VQAStream, by_image, read_questions
 
     try:
+        if args.min_answer_count < 1:
+            raise ValueError(f"--min-answer-count must be >= 1, not {args.min_answer_count}")
         train_q, train_stats = read_questions(args.train, args.train_annotations, "--train", need_answers=True)
-        answers = answer_vocabulary(train_q, args.min_answer_count)
-        if not answers:
-            raise ValueError(f"no answer is given by {args.min_answer_count}+ humans: lower --min-answer-count")
         train_files = feature_files(args.features, "--features")
         val_q, val_files = [], []
         if args.val:
             val_q, _ = read_questions(args.val, args.val_annotations, "--val", need_answers=True)
             val_files = feature_files(args.val_features or args.features, "--val-features")
+        counted_over = "--train and --val" if args.val else "--train"
+        answers = answer_vocabulary(train_q + val_q, args.min_answer_count)
+        if not answers:
+            raise ValueError(f"no answer is the multiple_choice_answer of {args.min_answer_count}+ questions "
+                             f"over {counted_over}: lower --min-answer-count")
         model, tokenizer = pretrained_student(args, cfg.seed, lambda m, tag_min: m.start_vqa(answers, tag_min))
         seen = check_extractors(train_files, model.config.extractor_id,
                                 allow_mismatch=args.allow_extractor_mismatch, tee=f"--init {args.init}")
@@ -78,10 +89,12 @@ def run(argv: list[str] | None = None) -> int:
     print_notes(PROG, notes)
     if args.check_only:
         return EXIT_OK
-    data = {**train_stats.to_dict(), "answers": len(answers), "questions_without_features": without}
+    data = {**train_stats.to_dict(), "answers": len(answers), "questions_without_features": without,
+            "min_answer_count": args.min_answer_count, "answers_counted_over": counted_over}
     if os.environ.get("RANK", "0") == "0":
         print(f"{PROG}: {len(train_q)} training questions ({without} about images without features, "
-              f"{train_stats.malformed} malformed records skipped), {len(answers)} answers in the vocabulary",
+              f"{train_stats.malformed} malformed records skipped), {len(answers)} answers in the vocabulary "
+              f"(the multiple_choice_answer of {args.min_answer_count}+ questions over {counted_over})",
               file=sys.stderr)
     freeze_unused(model)
     dist = init_distributed(cfg.device if cfg.device != "auto" else "cpu")

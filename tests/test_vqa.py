@@ -3,6 +3,7 @@ commands (finetune_vqa, evaluate_vqa) on a tiny student with its bad inputs."""
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
@@ -34,10 +35,24 @@ def test_vqa_accuracy_matches_hand_computed_values(predicted, answers, expected)
 def test_soft_scores_and_the_vocabulary():
     answers = ["two"] * 3 + ["3"] * 7
     assert vqa.soft_scores(answers) == {"2": pytest.approx(0.9), "3": pytest.approx(1.0)}
+    # Without the field, a question's multiple_choice_answer is its most frequent normalised
+    # human answer, ties broken by text; the vocabulary counts those, not the human answers.
     qs = [vqa.Question("1", "a", "q?", ["red"] * 10), vqa.Question("2", "b", "q?", ["blue"] * 9 + ["red"]),
-          vqa.Question("3", "c", "q?", ["A green ball."] * 2)]
-    assert vqa.answer_vocabulary(qs) == ["red", "blue", "green ball"]
-    assert vqa.answer_vocabulary(qs, min_count=3) == ["red", "blue"]
+          vqa.Question("3", "c", "q?", ["A green ball."] * 2),
+          vqa.Question("4", "d", "q?", ["red"] * 5 + ["blue"] * 5),
+          vqa.Question("5", "e", "q?", ["Blue"] * 3 + ["red"], multiple_choice_answer="blue"),
+          vqa.Question("6", "f", "q?")]  # no answers: counts for nothing
+    assert [q.multiple_choice_answer for q in qs] == ["red", "blue", "green ball", "blue", "blue", None]
+    # 3, 1, 1 questions; the 17 humans who said "red" do not count.
+    assert vqa.answer_vocabulary(qs, min_count=1) == ["blue", "green ball", "red"]
+    assert vqa.answer_vocabulary(qs, min_count=3) == ["blue"]
+    assert vqa.answer_vocabulary(qs) == []  # the default, VQA v2 practice: 9
+    assert vqa.answer_vocabulary(qs + qs, min_count=3) == ["blue"]  # a question id counts once
+    assert vqa.majority_answer([]) is None and vqa.majority_answer(["", "?"]) is None
+    with pytest.raises(ValueError, match=r"must be >= 1, not 0"):
+        vqa.answer_vocabulary(qs, min_count=0)
+    with pytest.raises(TypeError, match="must be an int"):
+        vqa.answer_vocabulary(qs, min_count=9.0)
 
 
 # ---- the formats ---------------------------------------------------------------------------
@@ -77,6 +92,66 @@ def test_official_pair_and_json_lines_read_alike_and_bad_records_are_counted(tmp
         vqa.read_vqa(af)
 
 
+def _pair(path, records, name):
+    """records: (question_id, image_id, multiple_choice_answer or None, 10 human answers) -> the
+    official VQA v2 pair (a record with None has no multiple_choice_answer field)."""
+    questions = [{"question_id": q, "image_id": i, "question": f"question {q}?"} for q, i, _, _ in records]
+    annotations = [{"question_id": q, "image_id": i, "answer_type": "other", "question_type": "what",
+                    **({"multiple_choice_answer": m} if m is not None else {}),
+                    "answers": [{"answer": a, "answer_id": k + 1} for k, a in enumerate(answers)]}
+                   for q, i, m, answers in records]
+    qf, af = path / f"{name}-questions.json", path / f"{name}-annotations.json"
+    qf.write_text(json.dumps({"questions": questions}))
+    af.write_text(json.dumps({"annotations": annotations}))
+    return str(qf), str(af)
+
+
+def _counted_records(images):
+    """A VQA v2 train set with known counts (images: the image ids to spread the questions over).
+
+    multiple_choice_answer: "yes" 12 times; "2" 9 times (5 "2", 3 "Two", one record without the
+    field whose human answers are mostly "two"/"2"); "blue" 9 times (8, and one record without
+    the field whose human answers tie "blue" and "green": the text decides); "no" 8 times. The
+    human answers differ from it: "no" is given 76 times, "purple" 12, "3" 13, "green" 5, and
+    only "yes", "2" and "blue" are ever a multiple_choice_answer 9 times or more.
+    """
+    groups = ([("yes", ["yes"] * 6 + ["no"] * 3 + ["purple"])] * 12 + [("2", ["2"] * 10)] * 5
+              + [("Two", ["two"] * 7 + ["3"] * 3)] * 3 + [(None, ["two"] * 4 + ["2"] * 2 + ["3"] * 4)]
+              + [("no", ["no"] * 5 + ["yes"] * 5)] * 8 + [("blue", ["blue"] * 10)] * 8
+              + [(None, ["green"] * 5 + ["blue"] * 5)])
+    return [(100 + n, images[n % len(images)], m, answers) for n, (m, answers) in enumerate(groups)]
+
+
+def test_the_vocabulary_counts_multiple_choice_answers_of_9_questions_as_vqa_v2_practice(tmp_path):
+    qf, af = _pair(tmp_path, _counted_records(["7", "8"]), "train")
+    found, stats = vqa.read_vqa(qf, af)
+    assert stats.malformed == 0 and len(found) == 12 + 9 + 8 + 9
+    choices = [q.multiple_choice_answer for q in found]
+    assert choices[12:21] == ["2"] * 5 + ["Two"] * 3 + ["2"]  # the field as given; computed where absent
+    assert choices[-1] == "blue"  # 5 "green", 5 "blue": the tie goes to the text first in order
+    assert vqa.answer_vocabulary(found) == ["yes", "2", "blue"]  # 12, 9, 9 (ties by text); "no" is 8
+    assert vqa.answer_vocabulary(found, min_count=8) == ["yes", "2", "blue", "no"]
+    # The old rule (humans giving the answer) would have kept "no" (76), "3" (13), "purple" (12).
+    humans = Counter(vqa.normalize_answer(a) for q in found for a in q.answers)
+    assert humans["no"] == 76 and humans["3"] == 13 and humans["purple"] == 12
+    assert set(vqa.answer_vocabulary(found, min_count=1)) == {"yes", "2", "blue", "no"}
+
+    # JSON Lines: the record's own field, or computed from its answers; a field of a wrong type is malformed.
+    lines = tmp_path / "q.jsonl"
+    lines.write_text("\n".join(json.dumps(r) for r in [
+        {"question_id": 1, "image_id": 7, "question": "what?", "answers": ["two"] * 6 + ["3"] * 4,
+         "multiple_choice_answer": "3"},
+        {"question_id": 2, "image_id": 7, "question": "what?", "answers": ["Two"] * 6 + ["3"] * 4},
+        {"question_id": 3, "image_id": 7, "question": "what?", "answers": ["3"] * 10, "multiple_choice_answer": 3}]))
+    found, stats = vqa.read_vqa(str(lines))
+    assert [q.multiple_choice_answer for q in found] == ["3", "2"] and stats.malformed == 1
+    bad = tmp_path / "bad-annotations.json"
+    bad.write_text(json.dumps({"annotations": [{"question_id": 100, "answers": ["yes"] * 10,
+                                                "multiple_choice_answer": ["yes"]}]}))
+    found, stats = vqa.read_vqa(qf, str(bad))
+    assert stats.malformed == 1 and stats.without_annotation == len(found)
+
+
 # ---- the commands on a tiny student --------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -97,8 +172,8 @@ def chain(tmp_path_factory):
     (root / "data").mkdir()
     qf, af = _vqa_files(root / "data", items)
     args = ["--init", root / "pretrained", "--train", qf, "--train-annotations", af, "--features", root / "corpus",
-            "--output", root / "ckpt", "--max-steps", "30", "--batch-size", "8", "--lr", "2e-3",
-            "--warmup-steps", "0", "--num-workers", "0", "--no-progress", "--log-every", "5"]
+            "--output", root / "ckpt", "--min-answer-count", "1", "--max-steps", "30", "--batch-size", "8",
+            "--lr", "2e-3", "--warmup-steps", "0", "--num-workers", "0", "--no-progress", "--log-every", "5"]
     assert finetune([str(a) for a in args]) == 0
     return root, qf, af
 
@@ -130,7 +205,7 @@ def test_evaluate_answers_and_scores_every_question_with_features(chain, capsys)
     by_id = {r["question_id"]: r["answer"] for r in results}
     assert sum(by_id[q] == "thing" for q in by_id if q % 2) >= 20
     assert 0.0 <= report["accuracy"] <= 1.0 and report["per_answer_type"]["other"]["questions"] == 24
-    # "thing" is the most frequent training answer (24 x 10 humans): right on half the scored questions.
+    # "thing" is the most frequent multiple_choice_answer (24 questions): right on half the scored questions.
     assert report["majority_answer"] == "thing" and report["majority_baseline"] == pytest.approx(0.5)
 
 
@@ -152,6 +227,36 @@ def test_a_checkpoint_of_another_task_is_one_line_exit_2(chain, capsys):
                              str(root / "cap"), "--max-steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a vqa MiniVLM checkpoint, not a pre-trained one" in err[0], err
+
+
+def test_the_default_vocabulary_counts_train_and_val_questions(chain, tmp_path, capsys):
+    root, qf, _ = chain
+    images = sorted({q["image_id"] for q in json.loads(open(qf).read())["questions"]} - {"img99999"})
+    tf, ta = _pair(tmp_path, _counted_records(images), "train")
+    # One more "no" in --val: 9 over --train and --val, so "no" is in (the text orders the 9s).
+    vf, va = _pair(tmp_path, [(900, images[0], "no", ["no"] * 10)], "val")
+    common = ["--init", str(root / "pretrained"), "--features", str(root / "corpus"), "--max-steps", "1",
+              "--batch-size", "4", "--warmup-steps", "0", "--num-workers", "0", "--no-progress"]
+    out = tmp_path / "run"
+    assert finetune([*common, "--train", tf, "--train-annotations", ta, "--val", vf, "--val-annotations", va,
+                     "--output", str(out)]) == 0
+    model = MiniVLM.from_pretrained(str(out / "model"))
+    assert list(model.config.answers) == ["yes", "2", "blue", "no"]
+    data = json.loads((out / "train_config.json").read_text())["data"]
+    assert data["answers"] == 4 and data["min_answer_count"] == 9
+    assert data["answers_counted_over"] == "--train and --val"
+    assert "4 answers in the vocabulary (the multiple_choice_answer of 9+ questions over --train and --val)" \
+        in capsys.readouterr().err
+    # Over --train alone "no" is 8; nothing is the multiple_choice_answer of 13 questions.
+    train_only = [*common, "--train", tf, "--train-annotations", ta, "--output", str(tmp_path / "x"), "--check-only"]
+    assert finetune(train_only) == 0
+    for count, message in (("13", "no answer is the multiple_choice_answer of 13+ questions over --train: "
+                                  "lower --min-answer-count"),
+                           ("0", "--min-answer-count must be >= 1, not 0")):
+        capsys.readouterr()
+        assert finetune([*train_only, "--min-answer-count", count]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
 
 
 def test_help_and_unknown_flags():
@@ -217,7 +322,8 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(chain, tmp_pa
 
     def args(out, *extra):
         return ["--init", str(root / "pretrained"), "--train", qf, "--train-annotations", af, "--features",
-                str(root / "corpus"), "--output", str(out), "--max-steps", "4", "--batch-size", "8",
+                str(root / "corpus"), "--output", str(out), "--min-answer-count", "1", "--max-steps", "4",
+                "--batch-size", "8",
                 "--warmup-steps", "0", "--num-workers", "0", "--no-progress", "--log-every", "1",
                 "--checkpoint-every", "2", *extra]
 

@@ -3,10 +3,17 @@
 Two layouts are read:
 - the official pair: a questions JSON (`{"questions": [{"question_id", "image_id",
   "question"}]}`) and an annotations JSON (`{"annotations": [{"question_id", "image_id",
-  "answers": [{"answer", ...}] x 10, "answer_type", ...}]}`); without annotations (the test
-  split) the questions have no answers;
+  "answers": [{"answer", ...}] x 10, "multiple_choice_answer", "answer_type", ...}]}`);
+  without annotations (the test split) the questions have no answers;
 - JSON Lines, one question per line with its answers inline (`{"question_id", "image_id",
-  "question", "answers": [...], "answer_type"}`; answers as strings or {"answer": ...}).
+  "question", "answers": [...], "multiple_choice_answer", "answer_type"}`; answers as
+  strings or {"answer": ...}).
+
+Each question's `multiple_choice_answer` (VQA v2: the most frequent of its human answers)
+is the record's field; where that is absent, it is computed as VQA defines it: the most
+frequent of the normalised human answers, ties broken by text. The answer vocabulary
+(`answer_vocabulary`) counts it, as VQA v2 practice does (bottom-up-attention-vqa, OSCAR,
+VinVL: answers that are the multiple_choice_answer of >= 9 train+val questions, 3,129).
 
 Image ids become strings (VQA's are COCO's ints), like COCO captions'. A record missing a
 field, or a line that is not JSON, is counted in `VQAStats` and skipped, never fatal.
@@ -125,6 +132,13 @@ class Question:
     answers: list[str] = field(default_factory=list)  # raw human answers (10 in VQA v2); [] without annotations
     answer_type: str | None = None  # VQA v2: "yes/no", "number", "other"
     question_type: str | None = None  # VQA v2: the question's first words, e.g. "what color is the"
+    # VQA v2's "multiple_choice_answer": the most frequent human answer. None given, it is
+    # computed from `answers` (majority_answer); None without answers.
+    multiple_choice_answer: str | None = None
+
+    def __post_init__(self):
+        if self.multiple_choice_answer is None:
+            self.multiple_choice_answer = majority_answer(self.answers)
 
 
 @dataclass
@@ -136,6 +150,28 @@ class VQAStats:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def majority_answer(answers: list[str]) -> str | None:
+    """The most frequent of the normalised human answers, ties broken by text (the smallest):
+    a question's multiple_choice_answer as VQA defines it, for records without that field.
+    None when no answer normalises to anything."""
+    counts = Counter(a for a in map(normalize_answer, answers) if a)
+    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else None
+
+
+_MISSING = object()
+
+
+def _choice(rec: dict):
+    """A record's multiple_choice_answer: the text, None when absent or blank (computed from the
+    answers), _MISSING when of a wrong type (a malformed record)."""
+    value = rec.get("multiple_choice_answer")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return _MISSING
+    return value if value.strip() else None
 
 
 def _answers(raw) -> list[str] | None:
@@ -151,11 +187,12 @@ def _question(rec, stats: VQAStats) -> Question | None:
         stats.malformed += 1
         return None
     answers = _answers(rec.get("answers", []))
-    if answers is None:
+    choice = _choice(rec)
+    if answers is None or choice is _MISSING:
         stats.malformed += 1
         return None
     return Question(str(rec["question_id"]), str(rec["image_id"]), rec["question"].strip(), answers,
-                    rec.get("answer_type"), rec.get("question_type"))
+                    rec.get("answer_type"), rec.get("question_type"), choice)
 
 
 def read_vqa(questions: str, annotations: str | None = None) -> tuple[list[Question], VQAStats]:
@@ -189,16 +226,18 @@ def read_vqa(questions: str, annotations: str | None = None) -> tuple[list[Quest
         by_id = {}
         for rec in ann["annotations"]:
             answers = _answers(rec.get("answers")) if isinstance(rec, dict) else None
-            if answers is None or rec.get("question_id") is None:
+            choice = _choice(rec) if answers is not None else _MISSING
+            if choice is _MISSING or rec.get("question_id") is None:
                 stats.malformed += 1
                 continue
-            by_id[str(rec["question_id"])] = (answers, rec.get("answer_type"), rec.get("question_type"))
+            by_id[str(rec["question_id"])] = (answers, rec.get("answer_type"), rec.get("question_type"),
+                                              choice if choice is not None else majority_answer(answers))
         for q in out:
             found = by_id.pop(q.question_id, None)
             if found is None:
                 stats.without_annotation += 1
             else:
-                q.answers, q.answer_type, q.question_type = found
+                q.answers, q.answer_type, q.question_type, q.multiple_choice_answer = found
         stats.annotations_without_question = len(by_id)
     stats.questions = len(out)
     return out, stats
@@ -211,10 +250,22 @@ def _json(path: str):
         raise ValueError(f"{path} is not valid JSON ({e})") from e
 
 
-def answer_vocabulary(questions: list[Question], min_count: int = 1) -> list[str]:
-    """Normalised answers given by at least `min_count` humans over the questions, most frequent
-    first (ties by text): the classifier's outputs."""
+def answer_vocabulary(questions: list[Question], min_count: int = 9) -> list[str]:
+    """The classifier's outputs: the normalised answers that are the multiple_choice_answer of
+    at least `min_count` of the questions, most frequent first (ties by text). VQA v2 practice
+    (bottom-up-attention-vqa's compute_softscore, OSCAR, VinVL) counts over the train and val
+    questions with min_count 9: 3,129 answers. Answers only some annotators gave (never a
+    question's multiple_choice_answer) are not counted; a question id is counted once (as
+    compute_softscore does), and a question with neither answers nor multiple_choice_answer
+    (the test split) not at all."""
+    if isinstance(min_count, bool) or not isinstance(min_count, int):
+        raise TypeError(f"the minimum answer count must be an int, not {min_count!r}")
     if min_count < 1:
-        raise ValueError(f"--min-answer-count must be >= 1, not {min_count}")
-    counts = Counter(normalize_answer(a) for q in questions for a in q.answers)
-    return [a for a, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count and a]
+        raise ValueError(f"the minimum answer count (--min-answer-count) must be >= 1, not {min_count}")
+    choices: dict[str, str] = {}
+    for q in questions:
+        if q.multiple_choice_answer is not None:
+            choices.setdefault(q.question_id, q.multiple_choice_answer)
+    counts = Counter(normalize_answer(a) for a in choices.values())
+    counts.pop("", None)
+    return [a for a, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count]
