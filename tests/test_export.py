@@ -232,7 +232,7 @@ def test_export_command_refuses_what_cannot_export_with_one_line(finetuned, chai
         (["--checkpoint", str(finetuned / "pretrained"), "--output", str(tmp_path / "a")], "not a captioning one"),
         (["--checkpoint", str(finetuned / "corpus"), "--output", str(tmp_path / "b")], "not a saved MiniVLM"),
         (["--checkpoint", str(finetuned / "ckpt"), "--output", str(chain_export)], "--overwrite"),
-        (["--checkpoint", str(finetuned / "ckpt"), "--output", "gs://bucket/export"], "local directory"),
+        (["--checkpoint", str(finetuned / "ckpt"), "--output", str(chain_export / "export.json")], "is a file"),
         (["--checkpoint", str(finetuned / "ckpt"), "--output", str(tmp_path / "c"), "--int9"], "--int8"),
     ]
     for argv, match in cases:
@@ -240,6 +240,49 @@ def test_export_command_refuses_what_cannot_export_with_one_line(finetuned, chai
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], (match, err)
     assert not (tmp_path / "a").exists() or not os.listdir(tmp_path / "a")
+
+
+def test_export_to_a_bucket_then_caption_from_it(finetuned, chain_export, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """--output gs://: made and checked locally, uploaded, the temporary copy removed; `caption` reads it
+    from the bucket and says what the local export says. Refusals are checked on the bucket."""
+    import tempfile
+
+    import fsspec
+
+    from pipelines.caption import run as caption_cli
+    from tests import servers
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # whatever the export puts there must be gone after
+    images = [os.path.join(SAMPLE_IMAGES, name) for name in sorted(os.listdir(SAMPLE_IMAGES))[:2]]
+    ckpt = str(finetuned / "ckpt")
+    with servers.gcs_emulator("exports") as env, servers.environ(env):
+        assert export_cli(["--checkpoint", ckpt, "--output", "gs://exports/exp"]) == 0
+        printed = capsys.readouterr().out
+        assert "export: gs://exports/exp: vision.onnx" in printed and "captions equal 4/4" in printed, printed
+        fs = fsspec.filesystem("gs")
+        names = {p.rsplit("/", 1)[1] for p in fs.ls("exports/exp", detail=False)}
+        assert {"vision.onnx", "fusion.onnx", "export.json", "tokenizer.json", "tokenizer_config.json"} <= names
+        assert json.loads(fs.cat_file("exports/exp/export.json"))["check"]["regions_equal"] == 4
+        assert not os.listdir(tmp_path)
+
+        # the command a user types, in its own process, against the bucket
+        proc = subprocess.run([sys.executable, "-m", "pipelines.caption", "--checkpoint", "gs://exports/exp",
+                               "--quiet", *images], cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, **env})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert caption_cli(["--checkpoint", str(chain_export), "--quiet", *images]) == 0  # the local export
+        local = capsys.readouterr().out.splitlines()
+        assert len(local) == 2 and proc.stdout.splitlines() == local
+
+        refusals = [("gs://exports/exp", [], 2, "already holds files; pass --overwrite"),
+                    ("gs://exports/exp/export.json", [], 2, "is a file, not a directory"),
+                    ("gs://no-such-bucket/exp", ["--no-check"], 1,
+                     "cannot upload the export to gs://no-such-bucket/exp: not found, does the bucket exist?")]
+        for url, extra, code, match in refusals:
+            assert export_cli(["--checkpoint", ckpt, "--output", url, *extra]) == code, match
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and match in err[0], (match, err)
+        assert not os.listdir(tmp_path)
 
 
 def test_an_export_is_named_as_such_where_a_student_is_wanted(chain_export):
