@@ -1,6 +1,7 @@
 """Does the student learn to caption, end to end? The whole chain on synthetic scenes, on this CPU.
 
-    python -m benchmarks.caption_learning [--json PATH] [--work DIR] [--embedding-rank R] [--reuse DIR]
+    python -m benchmarks.caption_learning [--split test|validation] [--seed N] [--json PATH] [--work DIR]
+        [--embedding-rank R] [--reuse DIR]
 
 Synthetic scenes (benchmarks.synthetic_scenes: coloured shapes on textured backgrounds)
 come with templated ground-truth captions ("a red circle left of a blue square"). The
@@ -12,11 +13,13 @@ point:
   -> train_student (pre-training) -> finetune_caption -> evaluate_captions
 
 and the student is scored on held-out scenes it never saw (captioned from their pixels),
-next to the same architecture untrained. Reduced configuration so it fits a laptop-class
+next to the same architecture untrained. Two held-out splits are written, each its own
+scenes: validation, where anything is chosen (steps, settings), and test (the default
+--split), which the tables report and no choice saw. Reduced configuration so it fits a laptop-class
 CPU with no pre-trained weights: tee-tiny at 128 px, fusion 4 layers x 256 from random.
 Target on 2 cores: CIDEr-D >= 1.0 within 30 minutes.
 
-CIDEr-D comes with a 95% bootstrap interval over the held-out images (per-image scores
+CIDEr-D comes with a 95% bootstrap interval over the scored split's images (per-image scores
 resampled with replacement; the idf stays that of the whole held-out set). `--reuse DIR`
 takes the data, TEE, features and corpus of an earlier run's --work DIR (the same data
 settings, checked against DIR/prepared.json) and runs only pre-training, fine-tuning and
@@ -37,6 +40,19 @@ import torch
 def shape_tag(obj: dict) -> tuple[str, str]:
     """A scene object's ground-truth tag as (label, name): its shape ("circle")."""
     return "/synth/" + obj["name"], obj["name"]
+
+
+HELD_OUT = ("validation", "test")  # every learning check's held-out splits: choose on the first, report the second
+
+
+def write_held_out(work: str, n: int, *, seed: int, size: int) -> dict[str, dict[str, str]]:
+    """The held-out splits, n scenes each, beside the training scenes in `work`: split -> the paths
+    write_dataset returns (files prefixed "<split>-"). Each split is its own stream of scenes
+    (synthetic_scenes seeds by seed and subset), so they share no scene with each other or train."""
+    from benchmarks.synthetic_scenes import write_dataset
+
+    return {split: write_dataset(work, n, seed=seed, size=size, subset=split, prefix=f"{split}-")
+            for split in HELD_OUT}
 
 
 def write_labels(coco_json: str, image_root: str, out_dir: str, tag_of=shape_tag,
@@ -89,6 +105,7 @@ def prepared_paths(work: str) -> dict:
     return {"images": os.path.join(work, "images"),
             "train_captions": os.path.join(work, "train-captions.json"),
             "val_captions": os.path.join(work, "validation-captions.json"),
+            "test_captions": os.path.join(work, "test-captions.json"),
             "tee": os.path.join(work, "tee", "model"), "corpus": os.path.join(work, "corpus")}
 
 
@@ -157,17 +174,47 @@ def per_image_cider(captions_json: str, predictions: dict) -> dict[str, float]:
     return {i: s["CIDEr-D"] for i, s in scored["per_image"].items()}
 
 
-def export_parity(trained, checkpoint: str, work: str, val_captions: str, images: str, after: dict,
+def int8_quality(quantized_captioner, name: str, scored_captions: str, images: str, after: dict, per_image: dict,
+                 args, times: dict) -> dict:
+    """An int8 export's CIDEr-D on the scored split against eager fp32's: the ratio of the means with a
+    paired bootstrap interval (images resampled, both sides together), and its captions equal to eager's."""
+    import numpy as np
+
+    from pipelines.evaluate_captions import evaluate
+
+    t = time.monotonic()
+    quantized = evaluate(quantized_captioner, scored_captions, images, beam_size=args.beam_size, meteor=False)
+    times[name] = round(time.monotonic() - t, 1)
+    int8_image = per_image_cider(scored_captions, quantized["predictions"])
+    ids = sorted(set(per_image) & set(int8_image))
+    a, b = np.array([per_image[i] for i in ids]), np.array([int8_image[i] for i in ids])
+    rng = np.random.default_rng(args.seed)
+    draws = rng.integers(0, len(ids), size=(BOOTSTRAP_RESAMPLES, len(ids)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample of zeros has no ratio: left out
+        ratios = b[draws].mean(axis=1) / a[draws].mean(axis=1)
+    ratios = ratios[np.isfinite(ratios)]
+    fp32_cider = after["results"]["student vs references"]["CIDEr-D"]
+    int8_cider = quantized["results"]["student vs references"]["CIDEr-D"]
+    return {"cider_d": int8_cider, "eager_fp32_cider_d": fp32_cider,
+            "cider_ratio": int8_cider / fp32_cider if fp32_cider > 0 else None,
+            "ratio_interval": ([float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
+                               if len(ratios) else None),
+            "resamples": BOOTSTRAP_RESAMPLES, "target": 0.97,
+            "captions_equal_to_eager": sum(quantized["predictions"][i]["caption"] ==
+                                           after["predictions"][i]["caption"] for i in ids),
+            "images": len(ids), "per_image_cider_d": int8_image}
+
+
+def export_parity(trained, checkpoint: str, work: str, scored_captions: str, images: str, after: dict,
                   per_image: dict, args, times: dict) -> dict:
     """The trained captioner exported (fp32 and int8, through pipelines.export) and run on ONNX Runtime:
     greedy captions against eager on the held-out scenes and the bundled sample (a differing caption
     counts as a near-tie when the two scores are within 1e-3), beam captions against eager on the
-    held-out scenes, and int8's CIDEr-D against eager fp32's with a paired bootstrap interval."""
-    import numpy as np
-
+    held-out scenes, and int8's CIDEr-D against eager fp32's with a paired bootstrap interval; with
+    --int8-per-channel the same for an int8 export with one weight scale per output channel."""
     from models.runtime import load_onnx_captioner
     from pipelines.data.coco import read_coco_references
-    from pipelines.evaluate_captions import caption_files, evaluate
+    from pipelines.evaluate_captions import caption_files
     from pipelines.export import run as export
 
     out = {}
@@ -178,7 +225,7 @@ def export_parity(trained, checkpoint: str, work: str, val_captions: str, images
         out[precision] = {"directory": directory, "mb": round(sum(os.path.getsize(os.path.join(directory, f))
                                                                   for f in ("vision.onnx", "fusion.onnx")) / 1e6, 2)}
     fp32, int8 = (load_onnx_captioner(out[p]["directory"]) for p in ("fp32", "int8"))
-    files, _ = read_coco_references(val_captions)
+    files, _ = read_coco_references(scored_captions)
     held_out = {i: os.path.join(images, files[i]) for i in sorted(files)}
     sample_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sample", "images")
     sample = {f: os.path.join(sample_dir, f) for f in sorted(os.listdir(sample_dir))
@@ -205,28 +252,28 @@ def export_parity(trained, checkpoint: str, work: str, val_captions: str, images
                      "held_out_beam": compare(held_out, after["predictions"], beam_size=args.beam_size,
                                               greedy=False)}
     times["export_parity"] = round(time.monotonic() - t, 1)
-    t = time.monotonic()
-    quantized = evaluate(int8, val_captions, images, beam_size=args.beam_size, meteor=False)
-    times["evaluate_int8"] = round(time.monotonic() - t, 1)
-    int8_image = per_image_cider(val_captions, quantized["predictions"])
-    ids = sorted(set(per_image) & set(int8_image))
-    a, b = np.array([per_image[i] for i in ids]), np.array([int8_image[i] for i in ids])
-    rng = np.random.default_rng(args.seed)
-    draws = rng.integers(0, len(ids), size=(BOOTSTRAP_RESAMPLES, len(ids)))
-    with np.errstate(divide="ignore", invalid="ignore"):  # a resample of zeros has no ratio: left out
-        ratios = b[draws].mean(axis=1) / a[draws].mean(axis=1)
-    ratios = ratios[np.isfinite(ratios)]
-    fp32_cider = after["results"]["student vs references"]["CIDEr-D"]
-    int8_cider = quantized["results"]["student vs references"]["CIDEr-D"]
-    out["int8_quality"] = {"cider_d": int8_cider, "eager_fp32_cider_d": fp32_cider,
-                           "cider_ratio": int8_cider / fp32_cider if fp32_cider > 0 else None,
-                           "ratio_interval": ([float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
-                                              if len(ratios) else None),
-                   "resamples": BOOTSTRAP_RESAMPLES, "target": 0.97,
-                   "captions_equal_to_eager": sum(quantized["predictions"][i]["caption"] ==
-                                                  after["predictions"][i]["caption"] for i in ids),
-                   "images": len(ids)}
+    out["int8_quality"] = int8_quality(int8, "evaluate_int8", scored_captions, images, after, per_image, args, times)
+    if args.int8_per_channel:
+        from models.captioning import load_for_inference
+        from models.export import export_captioner
+
+        directory = os.path.join(work, "export-int8-per-channel")
+        t = time.monotonic()
+        export_captioner(*load_for_inference(checkpoint, device="cpu"), directory, int8=True, per_channel=True,
+                         source=checkpoint)
+        times["export_int8_per_channel"] = round(time.monotonic() - t, 1)
+        out["int8_per_channel"] = {"directory": directory, "mb": round(sum(
+            os.path.getsize(os.path.join(directory, f)) for f in ("vision.onnx", "fusion.onnx")) / 1e6, 2)}
+        out["int8_per_channel_quality"] = int8_quality(load_onnx_captioner(directory), "evaluate_int8_per_channel",
+                                                       scored_captions, images, after, per_image, args, times)
     return out
+
+
+def int8_line(name: str, q: dict) -> str:
+    return (f"{name}: CIDEr-D {q['cider_d']:.3f} vs eager fp32 {q['eager_fp32_cider_d']:.3f}: "
+            + (f"ratio {q['cider_ratio']:.3f}, 95% paired bootstrap [{q['ratio_interval'][0]:.3f}, "
+               f"{q['ratio_interval'][1]:.3f}]" if q["cider_ratio"] is not None and q["ratio_interval"] else "no ratio")
+            + f"; same caption as eager on {q['captions_equal_to_eager']}/{q['images']}")
 
 
 def export_table(e: dict) -> str:
@@ -235,23 +282,25 @@ def export_table(e: dict) -> str:
     def row(name, r):
         return (f"| {name} | {r['images']} | {r['equal']} | {r['differ_near_tie']} | {r['differ_other']} |")
 
-    return "\n".join([
-        "", "| ONNX Runtime fp32 vs eager | images | same caption | differ, near-tie | differ, other |",
-        "|---|---:|---:|---:|---:|",
-        row("held-out scenes, greedy", p["held_out_greedy"]), row("bundled sample, greedy", p["sample_greedy"]),
-        row("held-out scenes, beam", p["held_out_beam"]), "",
-        f"int8 (dynamic, fusion linear layers): CIDEr-D {q['cider_d']:.3f} vs eager fp32 {q['eager_fp32_cider_d']:.3f}: "
-        + (f"ratio {q['cider_ratio']:.3f}, 95% paired bootstrap [{q['ratio_interval'][0]:.3f}, "
-           f"{q['ratio_interval'][1]:.3f}]" if q["cider_ratio"] is not None and q["ratio_interval"] else "no ratio")
-        + f" (target >= {q['target']}); same caption as eager on "
-        f"{q['captions_equal_to_eager']}/{q['images']}; graphs fp32 {e['fp32']['mb']} MB, int8 {e['int8']['mb']} MB"])
+    lines = ["", "| ONNX Runtime fp32 vs eager | images | same caption | differ, near-tie | differ, other |",
+             "|---|---:|---:|---:|---:|",
+             row("held-out scenes, greedy", p["held_out_greedy"]), row("bundled sample, greedy", p["sample_greedy"]),
+             row("held-out scenes, beam", p["held_out_beam"]), "",
+             int8_line("int8 (dynamic, fusion linear layers)", q) + f" (target >= {q['target']}); graphs fp32 "
+             f"{e['fp32']['mb']} MB, int8 {e['int8']['mb']} MB"]
+    if "int8_per_channel_quality" in e:
+        lines.append(int8_line("int8, per-channel weight scales", e["int8_per_channel_quality"])
+                     + f"; graphs {e['int8_per_channel']['mb']} MB")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.caption_learning", description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=None, help="where data and runs go (default: a temporary directory)")
     ap.add_argument("--train-images", type=int, default=2000)
-    ap.add_argument("--val-images", type=int, default=200, help="held-out scenes the student is scored on")
+    ap.add_argument("--val-images", type=int, default=200, help="scenes in each held-out split (validation, test)")
+    ap.add_argument("--split", choices=HELD_OUT, default="test",
+                    help="the held-out split scored: validation to choose anything, test to report")
     ap.add_argument("--scene-size", type=int, default=160)
     ap.add_argument("--tee-steps", type=int, default=500)
     ap.add_argument("--pretrain-steps", type=int, default=400)
@@ -273,9 +322,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="also export the trained captioner (pipelines.export, fp32 and --int8) and measure parity: "
                          "greedy captions against eager on the held-out scenes and the bundled sample, int8 CIDEr-D "
                          "against eager fp32 with a paired bootstrap interval")
+    ap.add_argument("--int8-per-channel", action="store_true",
+                    help="with --export: also an int8 export with per-channel weight scales, scored the same way")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.int8_per_channel and not args.export:
+        ap.error("--int8-per-channel needs --export")
 
     from benchmarks.synthetic_scenes import write_dataset
     from models.captioning import StudentCaptioner
@@ -306,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         prepared = prepared_paths(work)
         tr = write_dataset(work, args.train_images, seed=args.seed + 1, size=args.scene_size, subset="train",
                            prefix="train-")
-        write_dataset(work, args.val_images, seed=args.seed + 2, size=args.scene_size, subset="validation",
-                      prefix="validation-")
+        write_held_out(work, args.val_images, seed=args.seed + 2, size=args.scene_size)
         images = prepared["images"]
         write_labels(tr["captions_json"], images, os.path.join(work, "labels", "labels"))
         times["data"] = round(time.monotonic() - t0, 1)
@@ -330,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(work, PREPARED), "w") as f:
             json.dump({**{k: getattr(args, k) for k in DATA_SETTINGS}, "stage_seconds": times}, f, indent=2)
     images, tee_dir, corpus = prepared["images"], prepared["tee"], prepared["corpus"]
-    val_captions = prepared["val_captions"]
+    scored_captions = prepared["val_captions" if args.split == "validation" else "test_captions"]
     common = ["--batch-size", str(args.batch_size), "--checkpoint-every", "100000", *loop]
     stage("train_student", pretrain, [
         "--corpus", corpus, "--tee", tee_dir, "--init", "random", "--fusion", args.fusion,
@@ -348,10 +400,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.monotonic()
     trained = load_student_captioner(os.path.join(work, "caption"))
-    after = evaluate(trained, val_captions, images, beam_size=args.beam_size, meteor=not args.no_meteor)
+    after = evaluate(trained, scored_captions, images, beam_size=args.beam_size, meteor=not args.no_meteor)
     times["evaluate_trained"] = round(time.monotonic() - t, 1)
     total = round(time.monotonic() - t0, 1)
-    per_image = per_image_cider(val_captions, after["predictions"])
+    per_image = per_image_cider(scored_captions, after["predictions"])
     low, high = bootstrap_interval(list(per_image.values()), seed=args.seed)
 
     # the same architecture with nothing learned: random fusion over an untrained TEE
@@ -361,14 +413,15 @@ def main(argv: list[str] | None = None) -> int:
                              num_heads=c.num_heads, intermediate_size=c.intermediate_size,
                              max_caption_tokens=c.max_caption_tokens, max_tag_tokens=c.max_tag_tokens,
                              max_regions=c.max_regions, embedding_rank=c.embedding_rank, task="captioning")
-    before = evaluate(StudentCaptioner(raw, tok, "untrained"), val_captions, images, beam_size=args.beam_size,
+    before = evaluate(StudentCaptioner(raw, tok, "untrained"), scored_captions, images, beam_size=args.beam_size,
                       meteor=not args.no_meteor)
 
     s, u = after["results"]["student vs references"], before["results"]["student vs references"]
     samples = list(after["predictions"].items())[:5]
     cider_ci = {"low": low, "high": high, "level": 0.95, "resamples": BOOTSTRAP_RESAMPLES,
                 "per_image_mean": sum(per_image.values()) / len(per_image)}
-    result = {"trained": s, "untrained": u, "trained_cider_d_bootstrap": cider_ci, "total_seconds": total,
+    result = {"split": args.split, "seed": args.seed, "trained": s, "untrained": u,
+              "trained_cider_d_bootstrap": cider_ci, "total_seconds": total,
               "stage_seconds": times,
               "reused": args.reuse and {"from": args.reuse, "stage_seconds": reused_seconds},
               "threads": torch.get_num_threads(), "train_images": args.train_images, "val_images": after["images"],
@@ -382,14 +435,15 @@ def main(argv: list[str] | None = None) -> int:
               "samples": [{"image_id": i, "student": p["caption"]} for i, p in samples], "work": work,
               "per_image_cider_d": per_image}
     if args.export:
-        result["export"] = export_parity(trained, os.path.join(work, "caption"), work, val_captions, images,
+        result["export"] = export_parity(trained, os.path.join(work, "caption"), work, scored_captions, images,
                                          after, per_image, args, times)
     names = [k for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D") if k in s]
-    print("\n| student (held-out synthetic scenes) | " + " | ".join(names) + " |")
+    print(f"\n| student ({args.split} split, {after['images']} synthetic scenes, seed {args.seed}) | "
+          + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     print("| untrained (same architecture) | " + " | ".join(f"{u[k]:.3f}" for k in names) + " |")
     print("| trained end to end | " + " | ".join(f"{s[k]:.3f}" for k in names) + " |")
-    print(f"\ntrained CIDEr-D {s['CIDEr-D']:.3f}, 95% bootstrap interval over {len(per_image)} held-out images "
+    print(f"\ntrained CIDEr-D {s['CIDEr-D']:.3f}, 95% bootstrap interval over {len(per_image)} {args.split} images "
           f"[{low:.3f}, {high:.3f}] ({BOOTSTRAP_RESAMPLES} resamples)")
     print(f"wall time {total / 60:.1f} min on {torch.get_num_threads()} threads, target CIDEr-D >= 1.0 "
           f"within 30 min: {'met' if s['CIDEr-D'] >= 1.0 and total <= 1800 else 'NOT met'}")

@@ -23,7 +23,7 @@ def test_task_learning_runs_every_stage_and_writes_its_keys(tmp_path, capsys):
     assert main(["--work", str(tmp_path / "work"), "--train-images", "40", "--val-images", "8", "--scene-size", "96",
                  "--tee-steps", "2", "--pretrain-steps", "2", "--caption-steps", "2", "--vqa-steps", "2",
                  "--retrieval-steps", "2", "--nlvr2-steps", "2", "--retrieval-pool", "6", "--rerank-k", "3",
-                 "--batch-size", "8", "--beam-size", "1", "--json", str(out)]) == 0
+                 "--batch-size", "8", "--beam-size", "1", "--split", "validation", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     for key in ("vqa_accuracy", "vqa_majority_baseline", "vqa_colour_accuracy", "caption_colour_accuracy",
                 "caption_cider", "minutes", "pretrain_contrastive_accuracy", "pretrain_contrastive_majority",
@@ -31,7 +31,11 @@ def test_task_learning_runs_every_stage_and_writes_its_keys(tmp_path, capsys):
         assert key in result, key
     assert result["attributes"] is True and 0 <= result["vqa_accuracy"] <= 1
     assert result["retrieval_pool"] == 6 and 0 <= result["retrieval_i2t_r1"] <= 1 and 0 <= result["nlvr2_accuracy"] <= 1
-    assert set(result["stage_seconds"]) >= {"train_tee", "extract_features", "extract_val_features", "build_corpus",
+    assert result["split"] == "validation"  # scored where choices are made; test is the default
+    validation = {r["id"] for r in json.loads((tmp_path / "work" / "validation-captions.json").read_text())["images"]}
+    assert set(result["per_image_cider_d"]) == validation
+    assert set(result["stage_seconds"]) >= {"train_tee", "extract_features", "extract_validation_features",
+                                            "build_corpus",
                                             "train_student", "finetune_caption", "finetune_vqa", "evaluate_vqa",
                                             "finetune_retrieval", "evaluate_retrieval", "finetune_nlvr2",
                                             "evaluate_nlvr2"}
@@ -41,6 +45,6 @@ def test_task_learning_runs_every_stage_and_writes_its_keys(tmp_path, capsys):
     assert [n for _, n in config["attributes"]][:2] == ["red", "green"]
     from schemas import FEATURES, read_table
 
-    features = read_table(str(tmp_path / "work" / "extract_val_features" / "features"), FEATURES,
+    features = read_table(str(tmp_path / "work" / "extract_validation_features" / "features"), FEATURES,
                           columns=["num_regions", "attributes", "attribute_scores"]).to_pylist()
     assert len(features) == 8 and all(len(r["attributes"]) == r["num_regions"] for r in features)
