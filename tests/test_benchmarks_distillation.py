@@ -29,6 +29,14 @@ def test_distillation_runs_every_arm_with_teachers_trained_here(tmp_path, capsys
     for key in ("distilled_minus_human_only", "tags_gain"):
         low, point, high = result[key]
         assert low <= point <= high
+    # benchmarks.compare on the run's own JSON prints the same paired interval (the bootstrap seeded as the run)
+    from benchmarks.compare import main as compare
+
+    compared = tmp_path / "compared.json"
+    assert compare([str(out), str(out), "--key", "per_image.human_only", "--key-b", "per_image.distilled",
+                    "--seed", str(result["seed"]), "--json", str(compared)]) == 0
+    d = json.loads(compared.read_text())["difference"]
+    assert [d["low"], d["point"], d["high"]] == result["distilled_minus_human_only"]
     # The labels came from the teacher folders trained here, through --captioner DIR / --tagger DIR.
     teachers = result["teachers"]
     assert result["labels_captioner"] == [teachers["captioner"]["folder"]]
