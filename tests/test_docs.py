@@ -6,6 +6,9 @@
   and every #anchor into a Markdown page names one of its headings (GitHub's slugs).
 - Every docs page opens with a heading and has a table of contents (links to its own
   headings).
+- Every table of measured figures sits under a section that names, before the table, the
+  `python -m ...` command that prints them (a module of this repo); tables that list things
+  (files, flags, fields, cases) are told apart by their first header cell.
 """
 from __future__ import annotations
 
@@ -159,3 +162,65 @@ def test_readme_links_every_docs_page():
 ])
 def test_slug_follows_github(heading, anchor):
     assert slug(heading) == anchor
+
+
+# A table whose first header cell is one of these lists things (files, flags, fields, cases,
+# published model facts): nothing in it was measured, so it needs no command.
+DESCRIPTIVE_TABLES = {"file", "flag", "field", "concept", "case", "input", "stage", "kind", "command",
+                      "`--output` holds", "transient: retried"}
+TABLE_RULE = re.compile(r"^\|[\s:|-]+\|?\s*$")
+PYTHON_M = re.compile(r"python -m ([\w.]+)")
+
+
+def tables(path: Path) -> list[tuple[int, str, str, list[str]]]:
+    """(line number, section heading, the section's text before the table, header cells) of every
+    table outside code fences; a section runs from one heading of any level to the next."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out, heading, before, fenced, i = [], "(top)", [], False, 0
+    while i < len(lines):
+        line = lines[i]
+        if FENCE.match(line.strip()):
+            fenced = not fenced
+        m = None if fenced else HEADING.match(line)
+        if m:
+            heading, before = m.group(2), []
+        elif not fenced and line.startswith("|") and i + 1 < len(lines) and TABLE_RULE.match(lines[i + 1]):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            out.append((i + 1, heading, "\n".join(before), cells))
+            while i < len(lines) and lines[i].startswith("|"):
+                before.append(lines[i])
+                i += 1
+            continue
+        before.append(line)
+        i += 1
+    return out
+
+
+def module_exists(name: str) -> bool:
+    parts = name.split(".")
+    return (REPO.joinpath(*parts).with_suffix(".py").is_file()
+            or (REPO.joinpath(*parts) / "__main__.py").is_file())
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.name)
+def test_every_table_of_figures_names_the_command_that_prints_them(path):
+    for line, heading, before, cells in tables(path):
+        if cells[0].lower() in DESCRIPTIVE_TABLES:
+            continue
+        named = PYTHON_M.findall(before)
+        assert named, (f"{path.name}:{line}: a table of figures ({cells[0]!r} ...) under {heading!r} with no "
+                       "`python -m ...` command before it in its section")
+        missing = [n for n in named if not module_exists(n)]
+        assert not missing, f"{path.name}:{line}: the section names commands that do not exist: {missing}"
+
+
+def test_the_table_finder_tells_figures_from_lists(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# T\n\n## A\n\n`python -m benchmarks.compare a b`\n\n| x | y |\n|---|---:|\n| 1 | 2.0 |\n\n"
+                    "## B\n\n```\n| not | a table |\n|---|---|\n```\n\n| flag | default |\n|---|---|\n"
+                    "| --a | 1 |\n\n| run | ms |\n|---|---:|\n| a | 3.5 |\n")
+    found = tables(page)
+    assert [(h, c[0], bool(PYTHON_M.findall(b))) for _, h, b, c in found] == [
+        ("A", "x", True), ("B", "flag", False), ("B", "run", False)]
+    assert module_exists("benchmarks.compare") and module_exists("pipelines.export")
+    assert not module_exists("benchmarks.nothing_here")
