@@ -45,6 +45,11 @@ def shape_tag(obj: dict) -> tuple[str, str]:
 HELD_OUT = ("validation", "test")  # every learning check's held-out splits: choose on the first, report the second
 
 
+def add_split_flags(ap) -> None:
+    """--val-images and --split, as every learning check spells them."""
+    add_split_flags(ap)
+
+
 def write_held_out(work: str, n: int, *, seed: int, size: int) -> dict[str, dict[str, str]]:
     """The held-out splits, n scenes each, beside the training scenes in `work`: split -> the paths
     write_dataset returns (files prefixed "<split>-"). Each split is its own stream of scenes
@@ -162,6 +167,27 @@ def paired_difference(a: dict[str, float], b: dict[str, float], *, resamples: in
     return [float(np.percentile(means, tail)), float(d.mean()), float(np.percentile(means, 100 - tail))]
 
 
+def paired_ratio(a: dict[str, float], b: dict[str, float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = 0) -> list[float] | None:
+    """[low, high] 95% interval of mean(b) / mean(a) over the images both scored, resampling images
+    with replacement, both sides together; a resample whose `a` mean is 0 has no ratio and is left
+    out. None when no resample has one."""
+    import numpy as np
+
+    ids = sorted(set(a) & set(b))
+    x, y = np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = y[draws].mean(axis=1) / x[draws].mean(axis=1)
+    ratios = ratios[np.isfinite(ratios)]
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if len(ratios) else None
+
+
+def graphs_mb(directory: str) -> float:
+    """An export's two ONNX graphs on disk, in MB."""
+    return round(sum(os.path.getsize(os.path.join(directory, f)) for f in ("vision.onnx", "fusion.onnx")) / 1e6, 2)
+
+
 def per_image_cider(captions_json: str, predictions: dict) -> dict[str, float]:
     """CIDEr-D of each captioned held-out image, as pycocoevalcap's Cider().compute_score gives it
     (its second value) over the same images evaluate_captions scored; their mean is the corpus CIDEr-D."""
@@ -178,8 +204,6 @@ def int8_quality(quantized_captioner, name: str, scored_captions: str, images: s
                  args, times: dict) -> dict:
     """An int8 export's CIDEr-D on the scored split against eager fp32's: the ratio of the means with a
     paired bootstrap interval (images resampled, both sides together), and its captions equal to eager's."""
-    import numpy as np
-
     from pipelines.evaluate_captions import evaluate
 
     t = time.monotonic()
@@ -187,18 +211,11 @@ def int8_quality(quantized_captioner, name: str, scored_captions: str, images: s
     times[name] = round(time.monotonic() - t, 1)
     int8_image = per_image_cider(scored_captions, quantized["predictions"])
     ids = sorted(set(per_image) & set(int8_image))
-    a, b = np.array([per_image[i] for i in ids]), np.array([int8_image[i] for i in ids])
-    rng = np.random.default_rng(args.seed)
-    draws = rng.integers(0, len(ids), size=(BOOTSTRAP_RESAMPLES, len(ids)))
-    with np.errstate(divide="ignore", invalid="ignore"):  # a resample of zeros has no ratio: left out
-        ratios = b[draws].mean(axis=1) / a[draws].mean(axis=1)
-    ratios = ratios[np.isfinite(ratios)]
     fp32_cider = after["results"]["student vs references"]["CIDEr-D"]
     int8_cider = quantized["results"]["student vs references"]["CIDEr-D"]
     return {"cider_d": int8_cider, "eager_fp32_cider_d": fp32_cider,
             "cider_ratio": int8_cider / fp32_cider if fp32_cider > 0 else None,
-            "ratio_interval": ([float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
-                               if len(ratios) else None),
+            "ratio_interval": paired_ratio(per_image, int8_image, seed=args.seed),
             "resamples": BOOTSTRAP_RESAMPLES, "target": 0.97,
             "captions_equal_to_eager": sum(quantized["predictions"][i]["caption"] ==
                                            after["predictions"][i]["caption"] for i in ids),
@@ -222,8 +239,7 @@ def export_parity(trained, checkpoint: str, work: str, scored_captions: str, ima
         directory = os.path.join(work, f"export-{precision}")
         stage(f"export_{precision}", export, ["--checkpoint", checkpoint, "--output", directory, "--overwrite",
                                               *flags], times)
-        out[precision] = {"directory": directory, "mb": round(sum(os.path.getsize(os.path.join(directory, f))
-                                                                  for f in ("vision.onnx", "fusion.onnx")) / 1e6, 2)}
+        out[precision] = {"directory": directory, "mb": graphs_mb(directory)}
     fp32, int8 = (load_onnx_captioner(out[p]["directory"]) for p in ("fp32", "int8"))
     files, _ = read_coco_references(scored_captions)
     held_out = {i: os.path.join(images, files[i]) for i in sorted(files)}
@@ -262,8 +278,7 @@ def export_parity(trained, checkpoint: str, work: str, scored_captions: str, ima
         export_captioner(*load_for_inference(checkpoint, device="cpu"), directory, int8=True, per_channel=True,
                          source=checkpoint)
         times["export_int8_per_channel"] = round(time.monotonic() - t, 1)
-        out["int8_per_channel"] = {"directory": directory, "mb": round(sum(
-            os.path.getsize(os.path.join(directory, f)) for f in ("vision.onnx", "fusion.onnx")) / 1e6, 2)}
+        out["int8_per_channel"] = {"directory": directory, "mb": graphs_mb(directory)}
         out["int8_per_channel_quality"] = int8_quality(load_onnx_captioner(directory), "evaluate_int8_per_channel",
                                                        scored_captions, images, after, per_image, args, times)
     return out

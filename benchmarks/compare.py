@@ -23,7 +23,7 @@ import json
 import math
 import sys
 
-from benchmarks.caption_learning import BOOTSTRAP_RESAMPLES, paired_difference
+from benchmarks.caption_learning import BOOTSTRAP_RESAMPLES, paired_difference, paired_ratio
 
 PROG = "python -m benchmarks.compare"
 DEFAULT_KEY = "per_image_cider_d"
@@ -69,16 +69,13 @@ def compare(a: dict[str, float], b: dict[str, float], *, resamples: int = BOOTST
     y = np.array([b[i] for i in ids], dtype=np.float64)
     low, point, high = paired_difference({i: b[i] for i in ids}, {i: a[i] for i in ids},
                                          resamples=resamples, seed=seed)
-    draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
-    with np.errstate(divide="ignore", invalid="ignore"):  # a resample whose A mean is 0 has no ratio
-        ratios = y[draws].mean(axis=1) / x[draws].mean(axis=1)
-    ratios = ratios[np.isfinite(ratios)]
+    interval = paired_ratio(a, b, resamples=resamples, seed=seed)
     corr = float(np.corrcoef(x, y)[0, 1]) if len(ids) > 1 and x.std() > 0 and y.std() > 0 else None
     return {"images": len(ids), "only_a": len(set(a) - set(b)), "only_b": len(set(b) - set(a)),
             "mean_a": float(x.mean()), "mean_b": float(y.mean()),
             "difference": {"point": point, "low": low, "high": high},
-            "ratio": ({"point": float(y.mean() / x.mean()), "low": float(np.percentile(ratios, 2.5)),
-                       "high": float(np.percentile(ratios, 97.5))} if x.mean() != 0 and len(ratios) else None),
+            "ratio": ({"point": float(y.mean() / x.mean()), "low": interval[0], "high": interval[1]}
+                      if x.mean() != 0 and interval else None),
             "correlation": corr, "resamples": resamples, "seed": seed, "level": 0.95}
 
 

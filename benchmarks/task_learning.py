@@ -43,7 +43,7 @@ import time
 import torch
 
 from benchmarks import caption_learning
-from benchmarks.caption_learning import HELD_OUT, per_image_cider, write_held_out, write_labels
+from benchmarks.caption_learning import add_split_flags, per_image_cider, write_held_out, write_labels
 
 TASKS = ("caption", "vqa", "retrieval", "nlvr2")
 stage = functools.partial(caption_learning.stage, prog="task_learning")
@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attributes", action=argparse.BooleanOptionalAction, default=True,
                     help="train the TEE's attribute head (colour, size) and give the student attribute tags")
     ap.add_argument("--train-images", type=int, default=2000)
-    ap.add_argument("--val-images", type=int, default=200, help="scenes in each held-out split (validation, test)")
-    ap.add_argument("--split", choices=HELD_OUT, default="test",
-                    help="the held-out split scored: validation to choose anything, test to report")
+    add_split_flags(ap)
     ap.add_argument("--scene-size", type=int, default=160)
     ap.add_argument("--tee-steps", type=int, default=500)
     # 400 pre-training steps left the contrastive head near the majority class (0.56 held-out);

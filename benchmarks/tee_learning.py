@@ -22,16 +22,14 @@ import time
 
 import torch
 
-from benchmarks.caption_learning import HELD_OUT, write_held_out
+from benchmarks.caption_learning import add_split_flags, write_held_out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.tee_learning", description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=None, help="where data and the run go (default: a temporary directory)")
     ap.add_argument("--train-images", type=int, default=2000)
-    ap.add_argument("--val-images", type=int, default=200, help="scenes in each held-out split (validation, test)")
-    ap.add_argument("--split", choices=HELD_OUT, default="test",
-                    help="the held-out split scored: validation to choose anything, test to report")
+    add_split_flags(ap)
     ap.add_argument("--scene-size", type=int, default=160, help="pixels of the generated images")
     ap.add_argument("--tee", default="tee-tiny")
     ap.add_argument("--image-size", type=int, default=128)
