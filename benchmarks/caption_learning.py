@@ -47,7 +47,9 @@ HELD_OUT = ("validation", "test")  # every learning check's held-out splits: cho
 
 def add_split_flags(ap) -> None:
     """--val-images and --split, as every learning check spells them."""
-    add_split_flags(ap)
+    ap.add_argument("--val-images", type=int, default=200, help="scenes in each held-out split (validation, test)")
+    ap.add_argument("--split", choices=HELD_OUT, default="test",
+                    help="the held-out split scored: validation to choose anything, test to report")
 
 
 def write_held_out(work: str, n: int, *, seed: int, size: int) -> dict[str, dict[str, str]]:
@@ -313,9 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.caption_learning", description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=None, help="where data and runs go (default: a temporary directory)")
     ap.add_argument("--train-images", type=int, default=2000)
-    ap.add_argument("--val-images", type=int, default=200, help="scenes in each held-out split (validation, test)")
-    ap.add_argument("--split", choices=HELD_OUT, default="test",
-                    help="the held-out split scored: validation to choose anything, test to report")
+    add_split_flags(ap)
     ap.add_argument("--scene-size", type=int, default=160)
     ap.add_argument("--tee-steps", type=int, default=500)
     ap.add_argument("--pretrain-steps", type=int, default=400)
